@@ -1,0 +1,594 @@
+"""Load an ONNX model, normalize it, and view it as a DAG of compute nodes.
+
+Normalization makes every model look the same to the cut search and the
+splitter:
+
+* initializers listed as graph inputs (IR 3 and some exporters) are weights,
+  not inputs, and the IR version is raised to 4 where that was needed;
+* nodes are sorted topologically and nodes that feed no output are dropped;
+* shapes and types are inferred (big weights are stood in for by typed inputs
+  during inference, so models over 2 GB infer too);
+* ``Shape``/``Size`` of a tensor whose shape is fully static become Constants.
+
+After that, nodes that depend on no graph input (Constant, ConstantOfShape,
+arithmetic on weights, the folded shapes) are *constant nodes*: they are never
+on either side of a cut but copied into whichever side reads them, so a cut
+never has to send a weight. Control flow (If/Loop/Scan) is kept whole: a node
+with subgraphs is one node of the DAG, and the outer tensors its subgraphs read
+count as its inputs.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import helper, numpy_helper
+
+from runtime.artifacts import TensorSpec
+from runtime.errors import ModelError, UnsupportedModelError
+
+# Ops whose output is not a function of their inputs: never replicated.
+RANDOM_OPS = frozenset(
+    {
+        "Bernoulli",
+        "Multinomial",
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+    }
+)
+
+# Initializers larger than this stand in as typed graph inputs during shape
+# inference, which serializes the model and so fails beyond 2 GB.
+_INFERENCE_INLINE_BYTES = 4096
+
+_DTYPE_NAMES: dict[int, str] = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.BFLOAT16: "bfloat16",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.INT16: "int16",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.UINT16: "uint16",
+    onnx.TensorProto.UINT32: "uint32",
+    onnx.TensorProto.UINT64: "uint64",
+    onnx.TensorProto.BOOL: "bool",
+    onnx.TensorProto.STRING: "str",
+    onnx.TensorProto.COMPLEX64: "complex64",
+    onnx.TensorProto.COMPLEX128: "complex128",
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """Load a model from a file (with its external data) or copy a ModelProto.
+
+    Raises ModelError for a missing file, a file that is not ONNX, or missing
+    external data.
+    """
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+        name = "model"
+    else:
+        path = Path(source)
+        name = str(path)
+        if not path.exists():
+            raise ModelError(f"{path}: no such file")
+        if path.is_dir():
+            raise ModelError(f"{path}: is a directory, expected an ONNX model file")
+        try:
+            model = onnx.load(str(path))
+        except DecodeError as exc:
+            raise ModelError(
+                f"{path}: not an ONNX model (protobuf decoding failed: {exc})"
+            ) from exc
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            raise ModelError(f"{path}: cannot load the model or its external data: {exc}") from exc
+    if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.output:
+        raise ModelError(f"{name}: not an ONNX model (no IR version, graph or graph outputs)")
+    return model
+
+
+def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a normalized copy of ``model`` (see the module docstring)."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    _drop_initializer_inputs(result)
+    _reject_output_passthrough(graph)
+    _sort_topologically(graph)
+    _remove_dead_nodes(graph)
+    _infer_shapes(result)
+    if _fold_static_shapes(graph):
+        _remove_dead_nodes(graph)
+        _infer_shapes(result)
+    _check(result)
+    return result
+
+
+def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
+    weights = {init.name for init in model.graph.initializer}
+    weights |= {s.values.name for s in model.graph.sparse_initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in weights]
+    if len(inputs) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
+    # IR 3 requires every initializer to be an input; from IR 4 on they need not be.
+    model.ir_version = max(model.ir_version, 4)
+
+
+def _reject_output_passthrough(graph: onnx.GraphProto) -> None:
+    inputs = {vi.name for vi in graph.input}
+    for out in graph.output:
+        if out.name in inputs:
+            raise UnsupportedModelError(
+                f"graph output {out.name!r} is also a graph input; splitinfer needs every "
+                "output computed by a node (insert an Identity node before splitting)"
+            )
+
+
+def subgraph_outer_names(node: onnx.NodeProto) -> list[str]:
+    """Names that the subgraphs of ``node`` read from the enclosing scope, in first-use order."""
+    found: dict[str, None] = {}
+    for attr in node.attribute:
+        for sub in _attribute_graphs(attr):
+            for name in _outer_names(sub):
+                found.setdefault(name)
+    return list(found)
+
+
+def _attribute_graphs(attr: onnx.AttributeProto) -> Iterator[onnx.GraphProto]:
+    if attr.type == onnx.AttributeProto.GRAPH:
+        yield attr.g
+    elif attr.type == onnx.AttributeProto.GRAPHS:
+        yield from attr.graphs
+
+
+def _outer_names(graph: onnx.GraphProto) -> list[str]:
+    defined = {vi.name for vi in graph.input}
+    defined |= {init.name for init in graph.initializer}
+    defined |= {s.values.name for s in graph.sparse_initializer}
+    found: dict[str, None] = {}
+    for node in graph.node:
+        for name in (*node.input, *subgraph_outer_names(node)):
+            if name and name not in defined:
+                found.setdefault(name)
+        defined.update(o for o in node.output if o)
+    for out in graph.output:
+        if out.name not in defined:
+            found.setdefault(out.name)
+    return list(found)
+
+
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """Every tensor a node reads: its inputs and what its subgraphs read from outside."""
+    names = dict.fromkeys(n for n in node.input if n)
+    names.update(dict.fromkeys(subgraph_outer_names(node)))
+    return list(names)
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """Kahn's algorithm, keeping the model's own order wherever it is already valid."""
+    nodes = list(graph.node)
+    available = {vi.name for vi in graph.input}
+    available |= {init.name for init in graph.initializer}
+    available |= {s.values.name for s in graph.sparse_initializer}
+    producer: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        for out in node.output:
+            if out:
+                producer[out] = i
+    waiting: dict[int, int] = {}
+    dependents: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
+    for i, node in enumerate(nodes):
+        deps = {producer[n] for n in node_reads(node) if n not in available and n in producer}
+        missing = [n for n in node_reads(node) if n not in available and n not in producer]
+        if missing:
+            raise ModelError(
+                f"node {_describe(node)} reads {missing[0]!r}, which no node, input or "
+                "initializer provides"
+            )
+        deps.discard(i)
+        waiting[i] = len(deps)
+        for d in deps:
+            dependents[d].append(i)
+    ready = [i for i, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in dependents[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(nodes):
+        stuck = next(i for i in range(len(nodes)) if waiting[i] > 0)
+        raise ModelError(f"the graph has a cycle through node {_describe(nodes[stuck])}")
+    if order != list(range(len(nodes))):
+        del graph.node[:]
+        graph.node.extend(nodes[i] for i in order)
+
+
+def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
+    needed = {out.name for out in graph.output}
+    keep: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output if o):
+            keep.append(node)
+            needed.update(node_reads(node))
+    if len(keep) != len(graph.node):
+        keep.reverse()
+        del graph.node[:]
+        graph.node.extend(keep)
+    used_weights = [init for init in graph.initializer if init.name in needed]
+    if len(used_weights) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(used_weights)
+
+
+def _infer_shapes(model: onnx.ModelProto) -> None:
+    """Fill ``graph.value_info`` by ONNX shape inference, without serializing big weights."""
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph = light.graph
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.sparse_initializer.extend(model.graph.sparse_initializer)
+    for init in model.graph.initializer:
+        if init.ByteSize() <= _INFERENCE_INLINE_BYTES:
+            graph.initializer.append(init)
+        else:
+            graph.input.append(
+                helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+            )
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError):
+        return  # keep whatever value_info the model carried
+    weights = {init.name for init in model.graph.initializer}
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in weights)
+    typed_outputs = {vi.name: vi for vi in inferred.graph.output}
+    for out in model.graph.output:
+        untyped = not out.type.HasField("tensor_type") or not out.type.tensor_type.elem_type
+        if untyped and out.name in typed_outputs:
+            out.CopyFrom(typed_outputs[out.name])
+
+
+def _fold_static_shapes(graph: onnx.GraphProto) -> bool:
+    """Replace Shape/Size of statically shaped tensors by Constant nodes."""
+    specs = _value_specs(graph)
+    changed = False
+    for index, node in enumerate(graph.node):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("Shape", "Size"):
+            continue
+        spec = specs.get(node.input[0])
+        if spec is None or spec.shape is None:
+            continue
+        dims = spec.shape
+        if not all(isinstance(d, int) for d in dims):
+            continue
+        shape = np.array(dims, dtype=np.int64)
+        if node.op_type == "Shape":
+            attrs = {a.name: a.i for a in node.attribute}
+            start, end = attrs.get("start", 0), attrs.get("end", len(dims))
+            value = shape[start:end]
+        else:
+            value = np.array(int(np.prod(shape)), dtype=np.int64)
+        constant = helper.make_node(
+            "Constant",
+            [],
+            [node.output[0]],
+            name=node.name or f"folded_{node.output[0]}",
+            value=numpy_helper.from_array(value),
+        )
+        graph.node[index].CopyFrom(constant)
+        changed = True
+    return changed
+
+
+def _check(model: onnx.ModelProto) -> None:
+    if sum(init.ByteSize() for init in model.graph.initializer) > 1_800_000_000:
+        return  # the in-memory checker serializes; big models are checked when written
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"not a valid ONNX model: {first}") from exc
+
+
+def _describe(node: onnx.NodeProto) -> str:
+    label = f"{node.op_type}"
+    if node.name:
+        label += f" {node.name!r}"
+    elif node.output:
+        label += f" (output {node.output[0]!r})"
+    return label
+
+
+def describe_node(node: onnx.NodeProto) -> str:
+    """``Conv 'layer1/conv'``: how error messages name a node."""
+    return _describe(node)
+
+
+# --------------------------------------------------------------------------- tensor specs
+
+
+def dtype_name(elem_type: int) -> str:
+    """numpy-style name of an ONNX element type (``"float32"``), or the ONNX name."""
+    if elem_type in _DTYPE_NAMES:
+        return _DTYPE_NAMES[elem_type]
+    if elem_type == onnx.TensorProto.UNDEFINED:
+        return "unknown"
+    return str(onnx.TensorProto.DataType.Name(elem_type)).lower()
+
+
+def spec_from_value_info(vi: onnx.ValueInfoProto) -> TensorSpec:
+    """TensorSpec of a ValueInfoProto; non-tensor types get dtype ``"<kind>"`` and no shape."""
+    vtype = vi.type
+    kind = vtype.WhichOneof("value")
+    if kind != "tensor_type":
+        return TensorSpec(vi.name, f"<{kind or 'unknown'}>", None)
+    ttype = vtype.tensor_type
+    dtype = dtype_name(ttype.elem_type)
+    if not ttype.HasField("shape"):
+        return TensorSpec(vi.name, dtype, None)
+    dims: list[int | str | None] = []
+    for d in ttype.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return TensorSpec(vi.name, dtype, tuple(dims))
+
+
+def is_sendable(spec: TensorSpec) -> bool:
+    """Whether a tensor of this spec can cross a cut: a typed, non-string tensor."""
+    return not spec.dtype.startswith("<") and spec.dtype not in ("unknown", "str")
+
+
+def _value_specs(graph: onnx.GraphProto) -> dict[str, TensorSpec]:
+    specs: dict[str, TensorSpec] = {}
+    for vi in (*graph.value_info, *graph.input, *graph.output):
+        spec = spec_from_value_info(vi)
+        known = specs.get(vi.name)
+        if known is None or (known.dtype == "unknown" and spec.dtype != "unknown"):
+            specs[vi.name] = spec
+    return specs
+
+
+# --------------------------------------------------------------------------- the DAG
+
+
+@dataclass(frozen=True)
+class Node:
+    """One compute node of the DAG: depends, directly or not, on a graph input."""
+
+    index: int
+    proto: onnx.NodeProto
+    reads: tuple[str, ...]  # non-constant tensors read, subgraph reads included
+    constants: tuple[str, ...]  # constant tensors read (weights, constant-node outputs)
+    outputs: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return _describe(self.proto)
+
+
+def bits(indices: Iterable[int]) -> int:
+    """A node set as an int bitmask."""
+    mask = 0
+    for i in indices:
+        mask |= 1 << i
+    return mask
+
+
+def members(mask: int) -> list[int]:
+    """The node indices in a bitmask, ascending."""
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
+
+
+class ModelGraph:
+    """A normalized model seen as a DAG of compute nodes, with fast set operations.
+
+    Node sets are int bitmasks over ``nodes`` (index = topological position).
+    """
+
+    def __init__(self, model: onnx.ModelProto, *, name: str = "model") -> None:
+        self.model = model
+        self.name = name
+        graph = model.graph
+        self.weights: dict[str, onnx.TensorProto] = {i.name: i for i in graph.initializer}
+        self.sparse_weights = {s.values.name: s for s in graph.sparse_initializer}
+        self.inputs: list[str] = [vi.name for vi in graph.input]
+        self.outputs: list[str] = [vi.name for vi in graph.output]
+        self.specs = _value_specs(graph)
+        self.value_infos = {vi.name: vi for vi in (*graph.value_info, *graph.input, *graph.output)}
+        self.const_nodes: list[onnx.NodeProto] = []
+        self.const_producer: dict[str, int] = {}
+        self.nodes: list[Node] = []
+        self.producer: dict[str, int] = {}
+        self._split_constant_nodes(graph)
+        self.consumers: dict[str, list[int]] = {}
+        for node in self.nodes:
+            for name in node.reads:
+                self.consumers.setdefault(name, []).append(node.index)
+        self.all_mask = (1 << len(self.nodes)) - 1
+        self.pred_mask = [
+            bits(self.producer[t] for t in n.reads if t in self.producer) for n in self.nodes
+        ]
+        self.anc_mask = self._closure(self.pred_mask, range(len(self.nodes)))
+        succ: list[int] = [0] * len(self.nodes)
+        for node in self.nodes:
+            for p in members(self.pred_mask[node.index]):
+                succ[p] |= 1 << node.index
+        self.desc_mask = self._closure(succ, reversed(range(len(self.nodes))))
+
+    @classmethod
+    def load(cls, source: str | Path | onnx.ModelProto) -> ModelGraph:
+        """Load, normalize and analyse a model file or ModelProto."""
+        name = Path(source).stem if not isinstance(source, onnx.ModelProto) else "model"
+        if isinstance(source, onnx.ModelProto) and source.graph.name:
+            name = source.graph.name
+        return cls(normalize(load_model(source)), name=name)
+
+    def _split_constant_nodes(self, graph: onnx.GraphProto) -> None:
+        constants = set(self.weights) | set(self.sparse_weights)
+        for proto in graph.node:
+            reads = node_reads(proto)
+            if proto.op_type not in RANDOM_OPS and all(r in constants for r in reads):
+                for out in proto.output:
+                    if out:
+                        self.const_producer[out] = len(self.const_nodes)
+                        constants.add(out)
+                self.const_nodes.append(proto)
+                continue
+            index = len(self.nodes)
+            outputs = tuple(o for o in proto.output if o)
+            self.nodes.append(
+                Node(
+                    index=index,
+                    proto=proto,
+                    reads=tuple(r for r in reads if r not in constants),
+                    constants=tuple(r for r in reads if r in constants),
+                    outputs=outputs,
+                )
+            )
+            for out in outputs:
+                self.producer[out] = index
+        self.constants = constants
+
+    @staticmethod
+    def _closure(direct: list[int], order: Iterable[int]) -> list[int]:
+        """Reflexive-transitive closure of ``direct`` edges, visiting ``order`` sinks-first."""
+        closed = [0] * len(direct)
+        for i in order:
+            mask = 1 << i
+            for j in members(direct[i]):
+                mask |= closed[j]
+            closed[i] = mask
+        return closed
+
+    # ---- queries
+
+    def is_tensor(self, name: str) -> bool:
+        return name in self.producer or name in self.inputs or name in self.constants
+
+    def depends_on(self, names: Iterable[str]) -> int:
+        """Nodes that read any of ``names``, directly or through other nodes."""
+        mask = 0
+        for name in names:
+            for c in self.consumers.get(name, ()):
+                mask |= self.desc_mask[c]
+        return mask
+
+    def is_closed(self, head: int) -> bool:
+        """Whether the node set ``head`` contains every predecessor of its members."""
+        return all(self.anc_mask[i] & ~head == 0 for i in members(head))
+
+    def crossing(self, head: int) -> list[str]:
+        """Tensors made on the head side (or graph inputs) that a tail node reads.
+
+        Ordered as graph inputs first, then by producing node and output position.
+        """
+        tail = self.all_mask & ~head
+        crossing: dict[str, None] = {}
+        for i in members(tail):
+            for name in self.nodes[i].reads:
+                p = self.producer.get(name)
+                if p is None or head >> p & 1:
+                    crossing.setdefault(name)
+        return sorted(crossing, key=self._tensor_position)
+
+    def _tensor_position(self, name: str) -> tuple[int, int]:
+        if name in self.producer:
+            node = self.nodes[self.producer[name]]
+            return (node.index + 1, node.outputs.index(name))
+        return (0, self.inputs.index(name))
+
+    def head_outputs(self, head: int) -> list[str]:
+        """Graph outputs the head computes and keeps on the device.
+
+        Outputs made by constant nodes go with the head, unless the head is empty.
+        """
+        out = []
+        for name in self.outputs:
+            p = self.producer.get(name)
+            if (p is not None and head >> p & 1) or (p is None and head):
+                out.append(name)
+        return out
+
+    def spec(self, name: str) -> TensorSpec:
+        return self.specs.get(name) or TensorSpec(name, "unknown", None)
+
+    def path_through(self, tensor: str, reader: int) -> list[str]:
+        """A path from a graph input through ``tensor`` and node ``reader`` to a graph output."""
+        back: list[str] = [tensor]
+        name = tensor
+        while name in self.producer:
+            node = self.nodes[self.producer[name]]
+            back.append(f"[{node}]")
+            if not node.reads:
+                break
+            name = node.reads[0]
+            back.append(name)
+        back.reverse()
+        forward: list[str] = []
+        index = reader
+        outputs = set(self.outputs)
+        while True:
+            node = self.nodes[index]
+            forward.append(f"[{node}]")
+            done = next((o for o in node.outputs if o in outputs), None)
+            if done is not None:
+                forward.append(done)
+                break
+            nxt = next(
+                (c for o in node.outputs for c in self.consumers.get(o, ()) if c > index), None
+            )
+            if nxt is None:
+                break
+            forward.append(next(o for o in node.outputs if nxt in self.consumers.get(o, ())))
+            index = nxt
+        return back + forward
+
+    def topological_orders(self) -> list[list[int]]:
+        """The model's own order and a depth-first order that finishes one branch at a time."""
+        dfs: list[int] = []
+        waiting = [bin(m).count("1") for m in self.pred_mask]
+        succ: list[list[int]] = [[] for _ in self.nodes]
+        for node in self.nodes:
+            for p in members(self.pred_mask[node.index]):
+                succ[p].append(node.index)
+        stack = [i for i in reversed(range(len(self.nodes))) if waiting[i] == 0]
+        while stack:
+            i = stack.pop()
+            dfs.append(i)
+            for j in reversed(succ[i]):
+                waiting[j] -= 1
+                if waiting[j] == 0:
+                    stack.append(j)
+        return [list(range(len(self.nodes))), dfs]

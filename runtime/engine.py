@@ -1,0 +1,124 @@
+"""Run the models of an artifact directory with ONNX Runtime, in process.
+
+:class:`CutRunner` runs one cut's head and tail back to back: the reference
+that a split must equal, and the engine the device and cloud halves are built
+from. Nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime.artifacts import CutArtifact, Manifest, TensorSpec
+from runtime.errors import ArtifactError, ModelError
+
+Feeds = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionOptions:
+    """How ONNX Runtime sessions are built.
+
+    ``optimize=False`` turns off graph optimizations: every node then runs as
+    written, which makes a split bit-exact with the full model (fusions such as
+    Conv+BatchNorm otherwise differ in rounding when a cut separates them).
+    """
+
+    threads: int = 1
+    optimize: bool = True
+
+
+def make_session(
+    path: str | Path, options: SessionOptions = SessionOptions()
+) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session for a model file (external data is found beside it)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if not options.optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: ONNX Runtime cannot load the model: {first}") from exc
+
+
+def run_session(session: ort.InferenceSession, feeds: Feeds) -> dict[str, np.ndarray]:
+    """Run a session on the feeds it takes; returns every output by name."""
+    names = [o.name for o in session.get_outputs()]
+    wanted = {i.name: feeds[i.name] for i in session.get_inputs()}
+    return dict(zip(names, session.run(names, wanted), strict=True))
+
+
+class CutRunner:
+    """One cut's head and tail, loaded from an artifact directory and run in process."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        manifest: Manifest,
+        cut: CutArtifact,
+        options: SessionOptions = SessionOptions(),
+    ) -> None:
+        self.cut = cut
+        self.outputs = [o.name for o in manifest.outputs]
+        root = Path(directory)
+        self.head = None if cut.head is None else make_session(_inside(root, cut.head), options)
+        self.tail = None if cut.tail is None else make_session(_inside(root, cut.tail), options)
+
+    def run_head(self, feeds: Feeds) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Run the head: (tensors to send, model outputs kept on the device)."""
+        produced = {} if self.head is None else run_session(self.head, feeds)
+        available = {**feeds, **produced}
+        sent = {t.name: available[t.name] for t in self.cut.tensors}
+        kept = {name: produced[name] for name in self.cut.head_outputs}
+        return sent, kept
+
+    def run_tail(self, tensors: Feeds) -> dict[str, np.ndarray]:
+        """Run the tail on the cut tensors: the remaining model outputs."""
+        return {} if self.tail is None else run_session(self.tail, tensors)
+
+    def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        """Head then tail: every model output, in model order."""
+        sent, kept = self.run_head(feeds)
+        results = {**kept, **self.run_tail(sent)}
+        return {name: results[name] for name in self.outputs}
+
+
+def _inside(root: Path, relative: str) -> Path:
+    path = (root / relative).resolve()
+    if root.resolve() not in path.parents:
+        raise ArtifactError(f"manifest path {relative!r} points outside {root}")
+    return path
+
+
+def example_feeds(
+    specs: Sequence[TensorSpec], *, batch: int = 1, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Inputs of the right type and shape: normal floats, zero integers, False booleans.
+
+    Symbolic or unknown dimensions become ``batch`` for the first dimension and 1
+    elsewhere.
+    """
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        if spec.shape is None:
+            raise ModelError(f"input {spec.name!r} has no known rank; pass real inputs instead")
+        shape = [
+            d if isinstance(d, int) else (batch if axis == 0 else 1)
+            for axis, d in enumerate(spec.shape)
+        ]
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[spec.name] = np.zeros(shape, dtype=dtype)
+    return feeds

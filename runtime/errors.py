@@ -1,0 +1,46 @@
+"""The one error hierarchy of splitinfer.
+
+Every error the library raises on purpose derives from :class:`SplitInferError`,
+so a caller can catch one class; the CLI turns any of them into a one-line
+message and exit status 2.
+
+::
+
+    SplitInferError
+    ├── ModelError          a model that cannot be loaded, or is not valid ONNX
+    │   └── UnsupportedModelError
+    │                       valid ONNX that splitinfer cannot handle (says which node)
+    ├── CutError            a cut that does not exist or does not separate the graph
+    ├── ArtifactError       an artifact directory or manifest that is missing or broken
+    └── ExportError         a PyTorch module that could not be exported to ONNX
+"""
+
+from __future__ import annotations
+
+
+class SplitInferError(Exception):
+    """Base class of every error splitinfer raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ModelError(SplitInferError):
+    """A model file or ModelProto that cannot be loaded or fails validation."""
+
+
+class UnsupportedModelError(ModelError):
+    """A valid ONNX model using something splitinfer does not handle."""
+
+
+class CutError(SplitInferError):
+    """An unknown cut id or tensor, or a tensor list that does not separate the graph."""
+
+
+class ArtifactError(SplitInferError):
+    """An artifact directory or manifest.json that is missing, malformed or inconsistent."""
+
+
+class ExportError(SplitInferError):
+    """A PyTorch module that could not be exported to ONNX."""
