@@ -9,9 +9,10 @@ edge-only cut (``"edge"``, it sends nothing).
 :func:`enumerate_cuts` lists candidates: every prefix of two topological
 orders (the model's own, and a depth-first one that finishes one branch before
 the next, which finds the cuts inside residual, Inception and attention
-blocks), and every single tensor whose downstream nodes read nothing else from
-upstream (the cuts between blocks). Cuts are identified by ``id``: stable for a
-given model, ``c1``, ``c2``, … in order of head size.
+blocks), and every cut that sends a single tensor (the cuts between blocks:
+for each tensor that can cross alone, the smallest head that sends it and the
+largest). Cuts are identified by ``id``: stable for a given model, ``c1``,
+``c2``, … in order of head size.
 """
 
 from __future__ import annotations
@@ -114,9 +115,14 @@ def _candidate_heads(graph: ModelGraph) -> dict[int, frozenset[str]]:
         for head, crossing in _prefix_cuts(graph, order):
             heads.setdefault(head, crossing)
     for name in (*graph.inputs, *graph.producer):
+        if name not in graph.consumers:
+            continue
         tail = graph.depends_on([name])
-        if tail and _reads_only(graph, tail, name):
+        if _reads_only(graph, tail, name):
             heads.setdefault(graph.all_mask & ~tail, frozenset([name]))
+        head, _ = _smallest_head(graph, [name])
+        if any(not head >> r & 1 for r in graph.consumers[name]):
+            heads.setdefault(head, frozenset([name]))
     heads.setdefault(0, frozenset(graph.crossing(0)))
     heads.setdefault(graph.all_mask, frozenset())
     return heads
@@ -222,8 +228,9 @@ def _smallest_head(graph: ModelGraph, names: Sequence[str]) -> tuple[int, tuple[
 
     A tail node that reads a head-made tensor (or a graph input) outside
     ``names`` is forced into the head, with its ancestors, until none is left;
-    every valid head contains the result. Also returns the first such read,
-    which names the leak when the result turns out not to send ``names``.
+    every valid head contains the result. Each node joins the head once, so
+    this is linear in the graph. Also returns the first forced read, which
+    names the leak when the result turns out not to send ``names``.
     """
     chosen = set(names)
     head = 0
@@ -231,19 +238,19 @@ def _smallest_head(graph: ModelGraph, names: Sequence[str]) -> tuple[int, tuple[
         if name in graph.producer:
             head |= graph.anc_mask[graph.producer[name]]
     first_leak: tuple[str, int] | None = None
-    changed = True
-    while changed:
-        changed = False
-        for i in members(graph.all_mask & ~head):
-            if head >> i & 1:
+    leaked = [i for i in graph.inputs if i not in chosen]
+    leaked += [o for n in members(head) for o in graph.nodes[n].outputs if o not in chosen]
+    while leaked:
+        tensor = leaked.pop()
+        for reader in graph.consumers.get(tensor, ()):
+            if head >> reader & 1:
                 continue
-            for read in graph.nodes[i].reads:
-                p = graph.producer.get(read)
-                if read not in chosen and (p is None or head >> p & 1):
-                    first_leak = first_leak or (read, i)
-                    head |= graph.anc_mask[i]
-                    changed = True
-                    break
+            first_leak = first_leak or (tensor, reader)
+            joined = graph.anc_mask[reader] & ~head
+            head |= joined
+            leaked += [
+                o for n in members(joined) for o in graph.nodes[n].outputs if o not in chosen
+            ]
     return head, first_leak
 
 

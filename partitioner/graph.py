@@ -267,8 +267,9 @@ def _infer_shapes(model: onnx.ModelProto) -> None:
     model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in weights)
     typed_outputs = {vi.name: vi for vi in inferred.graph.output}
     for out in model.graph.output:
-        untyped = not out.type.HasField("tensor_type") or not out.type.tensor_type.elem_type
-        if untyped and out.name in typed_outputs:
+        tensor = out.type.tensor_type
+        untyped = not out.type.HasField("tensor_type") or not tensor.elem_type
+        if (untyped or not tensor.HasField("shape")) and out.name in typed_outputs:
             out.CopyFrom(typed_outputs[out.name])
 
 

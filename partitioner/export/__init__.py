@@ -18,8 +18,8 @@ import io
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 

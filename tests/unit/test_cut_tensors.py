@@ -1,0 +1,96 @@
+"""Cuts given as tensor lists or ids: valid ones split, invalid ones say why."""
+
+from __future__ import annotations
+
+import pytest
+
+from partitioner import ModelGraph, cut_from_tensors, enumerate_cuts, resolve_cut, write_artifacts
+from runtime.errors import CutError
+from tests.graphs import FAMILIES, Builder, assert_recomposes
+
+
+@pytest.mark.parametrize(
+    "family", ["resnet", "inception", "densenet", "transformer", "two_in_two_out"]
+)
+def test_every_enumerated_cut_is_found_again_from_its_tensors(family):
+    graph = ModelGraph.load(FAMILIES[family]())
+    for cut in enumerate_cuts(graph, max_tensors=None):
+        if cut.id in ("cloud", "edge"):
+            continue
+        again = cut_from_tensors(graph, list(cut.tensor_names))
+        assert again.tensor_names == cut.tensor_names
+        assert graph.is_closed(again.head)
+
+
+def test_a_list_missing_the_skip_connection_does_not_separate_and_the_error_names_the_path():
+    graph = ModelGraph.load(FAMILIES["resnet"]())
+    inside = next(c for c in enumerate_cuts(graph) if len(c.tensors) == 2)
+    branch, skip = inside.tensor_names[1], inside.tensor_names[0]
+    with pytest.raises(CutError) as info:
+        cut_from_tensors(graph, [branch])
+    message = str(info.value)
+    assert "do not separate the graph" in message
+    assert f"add '{skip}' to the cut" in message
+    assert message.count(" -> ") >= 3 and "image" in message
+
+
+def test_unknown_tensor_suggests_close_names():
+    graph = ModelGraph.load(FAMILIES["chain_cnn"]())
+    real = graph.nodes[2].outputs[0]
+    with pytest.raises(CutError, match=f"no tensor named '{real}x'.*did you mean '{real}'"):
+        cut_from_tensors(graph, [real + "x"])
+
+
+def test_a_tensor_and_one_computed_from_it_cannot_both_cross():
+    graph = ModelGraph.load(FAMILIES["chain_cnn"]())
+    first, second = graph.nodes[0].outputs[0], graph.nodes[1].outputs[0]
+    with pytest.raises(CutError, match="read only on the device side"):
+        cut_from_tensors(graph, [first, second])
+
+
+def test_a_model_output_read_by_no_node_is_not_a_cut_tensor():
+    graph = ModelGraph.load(FAMILIES["chain_cnn"]())
+    with pytest.raises(CutError, match="read by no node"):
+        cut_from_tensors(graph, graph.outputs)
+
+
+def _forced_head_model():
+    """x -> A -> a; x -> D -> u; B(a, u) -> early output; C(a) -> late output."""
+    b = Builder("forced")
+    x = b.input("x", ["N", 4])
+    a = b.op("Relu", [x])
+    u = b.op("Tanh", [x])
+    early = b.op("Add", [a, u])
+    late = b.op("Sigmoid", [a])
+    b.output(early)
+    b.output(late)
+    return b.model(), a, early, late
+
+
+def test_nodes_that_read_unsent_head_tensors_move_to_the_device(tmp_path):
+    model, a, early, late = _forced_head_model()
+    graph = ModelGraph.load(model)
+    cut = cut_from_tensors(graph, [a])
+    assert cut.tensor_names == (a,)
+    assert cut.head_outputs == (early,) and cut.tail_outputs == (late,)
+    manifest = write_artifacts(graph, [cut], tmp_path)
+    assert_recomposes(model, tmp_path, manifest)
+
+
+def test_resolve_cut_takes_ids_and_tensor_lists():
+    graph = ModelGraph.load(FAMILIES["resnet"]())
+    cuts = enumerate_cuts(graph)
+    some = cuts[len(cuts) // 2]
+    assert resolve_cut(graph, some.id).head == some.head
+    assert resolve_cut(graph, ",".join(some.tensor_names)).tensor_names == some.tensor_names
+    assert (
+        resolve_cut(graph, "cloud").head == 0 and resolve_cut(graph, "edge").head == graph.all_mask
+    )
+    with pytest.raises(CutError, match=r"no cut 'c999'.*splitinfer cuts"):
+        resolve_cut(graph, "c999")
+
+
+def test_an_explicit_list_matching_an_enumerated_cut_gets_its_id():
+    graph = ModelGraph.load(FAMILIES["inception"]())
+    cut = next(c for c in enumerate_cuts(graph) if len(c.tensors) == 4)
+    assert cut_from_tensors(graph, list(reversed(cut.tensor_names))).id == cut.id

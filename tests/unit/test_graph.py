@@ -1,0 +1,184 @@
+"""Loading and normalization: what every model looks like before it is cut."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from partitioner import ModelGraph, cut_from_tensors, enumerate_cuts
+from partitioner.graph import subgraph_outer_names
+from runtime.errors import CutError, ModelError, UnsupportedModelError
+from tests.graphs import FAMILIES, Builder, assert_recomposes, split_all
+
+
+def test_ir3_initializers_listed_as_inputs_are_weights_not_inputs():
+    original = FAMILIES["ir3_initializers_as_inputs"]()
+    assert len(original.graph.input) > 1
+    graph = ModelGraph.load(original)
+    assert graph.inputs == ["x"]
+    assert graph.model.ir_version >= 4
+    assert enumerate_cuts(graph)[0].tensor_names == ("x",)
+
+
+def test_weights_computed_by_nodes_are_copied_never_cut():
+    graph = ModelGraph.load(FAMILIES["constant_of_shape_weights"]())
+    ops = {n.op_type for n in graph.const_nodes}
+    assert {"ConstantOfShape", "Range", "Mul", "Add"} <= ops
+    for cut in enumerate_cuts(graph, max_tensors=None):
+        assert not set(cut.tensor_names) & graph.constants
+    weight = next(n.output[0] for n in graph.const_nodes if n.op_type == "Add")
+    with pytest.raises(CutError, match="constant"):
+        cut_from_tensors(graph, [weight])
+
+
+def test_shape_of_a_static_tensor_is_folded():
+    graph = ModelGraph.load(FAMILIES["constant_of_shape_weights"]())
+    assert "Shape" not in {n.proto.op_type for n in graph.nodes}
+    assert any(
+        n.op_type == "Constant" and n.output[0].startswith("shape") for n in graph.const_nodes
+    )
+
+
+def _dynamic_reshape() -> onnx.ModelProto:
+    b = Builder("dynamic_reshape")
+    x = b.input("x", ["N", 4])
+    y = b.op("Relu", [b.op("MatMul", [x, b.weight([4, 6])])])
+    batch = b.op("Gather", [b.op("Shape", [y]), b.const(0)], axis=0)
+    target = b.op("Concat", [b.op("Unsqueeze", [batch, b.const([0])]), b.const([3, 2])], axis=0)
+    b.output(b.op("Softmax", [b.op("Reshape", [y, target])], axis=-1))
+    return b.model()
+
+
+def test_shape_arithmetic_on_the_batch_dimension_still_splits_exactly(tmp_path):
+    original = _dynamic_reshape()
+    graph, manifest = split_all(original, tmp_path)
+    assert "Shape" in {n.proto.op_type for n in graph.nodes}, "a dynamic shape cannot be folded"
+    assert_recomposes(original, tmp_path, manifest, batch=3)
+
+
+def test_control_flow_is_one_node_reading_its_branches_outer_tensors():
+    graph = ModelGraph.load(FAMILIES["control_flow"]())
+    node = next(n for n in graph.nodes if n.proto.op_type == "If")
+    outer = subgraph_outer_names(node.proto)
+    assert len(outer) == 3  # a, c and the then-branch weight
+    assert set(node.reads) == {node.proto.input[0], *[o for o in outer if o not in graph.constants]}
+    assert any(o in graph.constants for o in outer)
+
+
+def test_nodes_out_of_order_are_sorted(tmp_path):
+    original = FAMILIES["resnet"]()
+    shuffled = onnx.ModelProto()
+    shuffled.CopyFrom(original)
+    nodes = list(shuffled.graph.node)
+    del shuffled.graph.node[:]
+    shuffled.graph.node.extend(reversed(nodes))
+    _, manifest = split_all(shuffled, tmp_path)
+    assert_recomposes(original, tmp_path, manifest)
+
+
+def test_nodes_feeding_no_output_are_dropped():
+    b = Builder("dead")
+    x = b.input("x", ["N", 4])
+    b.op("Tanh", [x])  # read by nothing
+    b.output(b.op("Relu", [x]))
+    graph = ModelGraph.load(b.model())
+    assert [n.proto.op_type for n in graph.nodes] == ["Relu"]
+
+
+def test_external_data_model_loads_from_its_file(tmp_path):
+    original = FAMILIES["chain_cnn"]()
+    path = tmp_path / "model.onnx"
+    # saving with external data rewrites the proto it is given: save a fresh one
+    onnx.save_model(
+        FAMILIES["chain_cnn"](),
+        str(path),
+        save_as_external_data=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
+    assert (tmp_path / "model.onnx.data").stat().st_size > 1000
+    graph = ModelGraph.load(path)
+    _, manifest = split_all(graph.model, tmp_path / "out")
+    assert_recomposes(original, tmp_path / "out", manifest)
+
+
+def test_missing_external_data_is_a_clear_error(tmp_path):
+    path = tmp_path / "model.onnx"
+    onnx.save_model(
+        FAMILIES["chain_cnn"](),
+        str(path),
+        save_as_external_data=True,
+        location="w.data",
+        size_threshold=0,
+    )
+    (tmp_path / "w.data").unlink()
+    with pytest.raises(ModelError, match="external data"):
+        ModelGraph.load(path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file"),
+        (b"hello, this is not a model\n", "not an ONNX model"),
+        (b"\x08\x07\x12\x04junk", "not an ONNX model"),
+    ],
+)
+def test_bad_files_are_model_errors(tmp_path, content, message):
+    path = tmp_path / "bad.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ModelError, match=message):
+        ModelGraph.load(path)
+
+
+def test_directory_is_not_a_model(tmp_path):
+    with pytest.raises(ModelError, match="directory"):
+        ModelGraph.load(tmp_path)
+
+
+def _raw(nodes, inputs=("x",), outputs=("y",)) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "raw",
+        [helper.make_tensor_value_info(i, TensorProto.FLOAT, [1, 2]) for i in inputs],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, 2]) for o in outputs],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_cycle_is_named():
+    model = _raw(
+        [
+            helper.make_node("Add", ["x", "b"], ["a"], name="first"),
+            helper.make_node("Relu", ["a"], ["b"]),
+            helper.make_node("Relu", ["a"], ["y"]),
+        ]
+    )
+    with pytest.raises(ModelError, match="cycle through node Add 'first'"):
+        ModelGraph.load(model)
+
+
+def test_a_dangling_input_is_named():
+    model = _raw([helper.make_node("Add", ["x", "nowhere"], ["y"], name="add")])
+    with pytest.raises(ModelError, match="'nowhere'"):
+        ModelGraph.load(model)
+
+
+def test_an_output_that_is_an_input_is_rejected_with_the_fix():
+    model = _raw([helper.make_node("Relu", ["x"], ["y"])], outputs=("y", "x"))
+    with pytest.raises(UnsupportedModelError, match="Identity"):
+        ModelGraph.load(model)
+
+
+def test_tensor_specs_carry_dtype_shape_and_bytes():
+    graph = ModelGraph.load(FAMILIES["chain_cnn"]())
+    spec = graph.spec("image")
+    assert spec.dtype == "float32" and spec.shape == ("N", 3, 16, 16)
+    assert spec.bytes_per_sample() == 3 * 16 * 16 * 4
+    cut = enumerate_cuts(graph)[1]
+    dims = [[d for d in t.shape[1:] if isinstance(d, int)] for t in cut.tensors if t.shape]
+    assert len(dims) == len(cut.tensors) and all(len(d) == 3 for d in dims)
+    assert cut.bytes == sum(4 * int(np.prod(d)) for d in dims)
