@@ -208,7 +208,7 @@ def cut_from_tensors(graph: ModelGraph, names: Sequence[str], *, cut_id: str | N
     if leak is not None:
         tensor, reader = leak
         if unread:
-            path = " -> ".join(graph.path_through(tensor, reader))
+            path = _short_path(graph.path_through(tensor, reader), tensor)
             raise CutError(
                 f"tensors {', '.join(names)} do not separate the graph: the path {path} "
                 f"does not pass through them (add {tensor!r} to the cut)"
@@ -221,6 +221,19 @@ def cut_from_tensors(graph: ModelGraph, names: Sequence[str], *, cut_id: str | N
     if cut_id is None:
         cut_id = _id_for_head(graph, head, names)
     return make_cut(graph, head, cut_id)
+
+
+def _short_path(path: list[str], tensor: str) -> str:
+    """``input -> ... -> tensor -> [reader] -> ... -> output``: the ends and the leak."""
+    at = path.index(tensor)
+    keep = {0, at, at + 1, len(path) - 1}
+    parts: list[str] = []
+    for i, step in enumerate(path):
+        if i in keep:
+            parts.append(step)
+        elif parts[-1] != "...":
+            parts.append("...")
+    return " -> ".join(parts)
 
 
 def _smallest_head(graph: ModelGraph, names: Sequence[str]) -> tuple[int, tuple[str, int] | None]:

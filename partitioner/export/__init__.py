@@ -86,11 +86,13 @@ def export_module(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     opset: int | None = None,
+    external_data_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> Path:
     """Export ``module`` to ONNX at ``out`` and check it against the module.
 
     With ``dynamic_batch`` the first dimension of every input (and so of the
-    outputs) is symbolic, named ``batch``. Raises ExportError with the reason
+    outputs) is symbolic, named ``batch``. Weights over ``external_data_bytes``
+    go to ``OUT.data`` beside the model. Raises ExportError with the reason
     when torch cannot export the module.
     """
     torch = _import_torch()
@@ -129,7 +131,7 @@ def export_module(
         raise ExportError("torch.onnx.export returned no program")
     data = out.with_name(out.name + ".data")
     data.unlink(missing_ok=True)
-    program.save(str(out), external_data=weight_bytes > EXTERNAL_DATA_BYTES)
+    program.save(str(out), external_data=weight_bytes > external_data_bytes)
     _check_against_module(out, args, expected)
     return out
 
