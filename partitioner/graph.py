@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
@@ -241,7 +242,42 @@ def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
 
 
 def _infer_shapes(model: onnx.ModelProto) -> None:
-    """Fill ``graph.value_info`` by ONNX shape inference, without serializing big weights."""
+    """Fill in the types and shapes of every tensor the nodes make.
+
+    ONNX shape inference first; for what it leaves open (ops of other domains,
+    such as com.microsoft), ONNX Runtime's own inference, read from a session
+    that exposes those tensors as outputs. Weights never need serializing.
+    """
+    light = _weightless_copy(model)
+    known = {vi.name: vi for vi in model.graph.value_info if _complete(vi)}
+    known.update(_onnx_inference(light))
+    wanted = [o for node in model.graph.node for o in node.output if o]
+    wanted += [out.name for out in model.graph.output]
+    missing = [name for name in dict.fromkeys(wanted) if name not in known]
+    if missing:
+        known.update(_onnxruntime_inference(light, missing))
+    weights = {init.name for init in model.graph.initializer}
+    interface = {vi.name for vi in (*model.graph.input, *model.graph.output)}
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(
+        vi for name, vi in known.items() if name not in weights and name not in interface
+    )
+    for out in model.graph.output:
+        if not _complete(out) and out.name in known:
+            out.CopyFrom(known[out.name])
+
+
+def _complete(vi: onnx.ValueInfoProto) -> bool:
+    """Whether a value's type is known: a tensor with an element type and a shape,
+    or any non-tensor type."""
+    if vi.type.WhichOneof("value") != "tensor_type":
+        return vi.type.WhichOneof("value") is not None
+    tensor = vi.type.tensor_type
+    return bool(tensor.elem_type) and tensor.HasField("shape")
+
+
+def _weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its big weights replaced by typed graph inputs."""
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
@@ -258,19 +294,50 @@ def _infer_shapes(model: onnx.ModelProto) -> None:
             graph.input.append(
                 helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
             )
+    return light
+
+
+def _onnx_inference(light: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     try:
         inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError):
-        return  # keep whatever value_info the model carried
-    weights = {init.name for init in model.graph.initializer}
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in weights)
-    typed_outputs = {vi.name: vi for vi in inferred.graph.output}
-    for out in model.graph.output:
-        tensor = out.type.tensor_type
-        untyped = not out.type.HasField("tensor_type") or not tensor.elem_type
-        if (untyped or not tensor.HasField("shape")) and out.name in typed_outputs:
-            out.CopyFrom(typed_outputs[out.name])
+        return {}
+    values = (*inferred.graph.value_info, *inferred.graph.output)
+    return {vi.name: vi for vi in values if _complete(vi)}
+
+
+def _onnxruntime_inference(
+    light: onnx.ModelProto, names: list[str]
+) -> dict[str, onnx.ValueInfoProto]:
+    probe = onnx.ModelProto()
+    probe.CopyFrom(light)
+    outputs = {out.name for out in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in outputs)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(
+            probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception:  # ORT cannot load it either; the checker will say what is wrong
+        return {}
+    found = {}
+    wanted = set(names)
+    for out in session.get_outputs():
+        elem_type = _ort_elem_type(out.type)
+        if out.name in wanted and elem_type is not None and out.shape is not None:
+            dims = [d if isinstance(d, (int, str)) else None for d in out.shape]
+            found[out.name] = helper.make_tensor_value_info(out.name, elem_type, dims)
+    return found
+
+
+def _ort_elem_type(ort_type: str) -> int | None:
+    """``"tensor(float)"`` -> TensorProto.FLOAT; None for sequences, maps and the unknown."""
+    if not ort_type.startswith("tensor(") or not ort_type.endswith(")"):
+        return None
+    value = getattr(onnx.TensorProto, ort_type[len("tensor(") : -1].upper(), None)
+    return value if isinstance(value, int) else None
 
 
 def _fold_static_shapes(graph: onnx.GraphProto) -> bool:

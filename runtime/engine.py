@@ -24,9 +24,11 @@ Feeds = Mapping[str, np.ndarray]
 class SessionOptions:
     """How ONNX Runtime sessions are built.
 
-    ``optimize=False`` turns off graph optimizations: every node then runs as
-    written, which makes a split bit-exact with the full model (fusions such as
-    Conv+BatchNorm otherwise differ in rounding when a cut separates them).
+    ``optimize=False`` turns off graph optimizations and weight prepacking:
+    every node then runs as written, with the same kernel whether its weights
+    are initializers or inputs, which makes a split bit-exact with the full
+    model. (Fusions such as Conv+Relu otherwise differ in rounding when a cut
+    separates them, and so do prepacked and plain convolution kernels.)
     """
 
     threads: int = 1
@@ -43,6 +45,7 @@ def make_session(
     so.log_severity_level = 3
     if not options.optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.add_session_config_entry("session.disable_prepacking", "1")
     try:
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types

@@ -276,6 +276,7 @@ def session(
     so.log_severity_level = 3
     if not options.optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.add_session_config_entry("session.disable_prepacking", "1")
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
 

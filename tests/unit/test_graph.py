@@ -9,8 +9,10 @@ from onnx import TensorProto, helper
 
 from partitioner import ModelGraph, cut_from_tensors, enumerate_cuts
 from partitioner.graph import subgraph_outer_names
+from runtime.artifacts import TensorSpec
+from runtime.engine import CutRunner, SessionOptions, example_feeds
 from runtime.errors import CutError, ModelError, UnsupportedModelError
-from tests.graphs import FAMILIES, Builder, assert_recomposes, split_all
+from tests.graphs import FAMILIES, Builder, assert_recomposes, run, split_all
 
 
 def test_ir3_initializers_listed_as_inputs_are_weights_not_inputs():
@@ -182,3 +184,55 @@ def test_tensor_specs_carry_dtype_shape_and_bytes():
     dims = [[d for d in t.shape[1:] if isinstance(d, int)] for t in cut.tensors if t.shape]
     assert len(dims) == len(cut.tensors) and all(len(d) == 3 for d in dims)
     assert cut.bytes == sum(4 * int(np.prod(d)) for d in dims)
+
+
+def test_ops_of_other_domains_get_their_types_from_onnx_runtime(tmp_path):
+    b = Builder("contrib")
+    x = b.input("x", ["N", 8])
+    y = b.op("MatMul", [x, b.weight([8, 8])])
+    b.nodes.append(helper.make_node("Gelu", [y], ["gelu"], domain="com.microsoft", name="gelu"))
+    b.output(b.op("MatMul", ["gelu", b.weight([8, 4])]))
+    model = b.model()
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    graph = ModelGraph.load(model)
+    # ONNX's own inference does not know com.microsoft ops
+    assert graph.spec("gelu") == TensorSpec("gelu", "float32", ("N", 8))
+    assert ("gelu",) in {c.tensor_names for c in enumerate_cuts(graph)}
+    _, manifest = split_all(model, tmp_path)
+    assert_recomposes(model, tmp_path, manifest)
+
+
+def test_a_classifier_with_a_sequence_of_maps_output_splits_before_it(tmp_path):
+    b = Builder("classifier")
+    x = b.input("x", ["N", 4])
+    label, scores = b.multi(
+        "LinearClassifier",
+        [b.op("Relu", [x])],
+        2,
+        domain="ai.onnx.ml",
+        classlabels_ints=[0, 1, 2],
+        coefficients=[float(i) for i in range(12)],
+        intercepts=[0.0, 0.1, 0.2],
+    )
+    b.nodes.append(
+        helper.make_node(
+            "ZipMap", [scores], ["probabilities"], domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2]
+        )
+    )
+    b.outputs.append(helper.make_tensor_value_info(label, TensorProto.INT64, ["N"]))
+    seq_of_maps = helper.make_sequence_type_proto(
+        helper.make_map_type_proto(
+            TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])
+        )
+    )
+    b.outputs.append(helper.make_value_info("probabilities", seq_of_maps))
+    model = b.model()
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 1))
+    graph, manifest = split_all(model, tmp_path)
+    assert [c.id for c in manifest.cuts] == ["cloud", "c1", "c2", "edge"]
+    feeds = example_feeds(manifest.inputs, batch=2)
+    expected = run(model, feeds)
+    for cut in manifest.cuts:
+        got = CutRunner(tmp_path, manifest, cut, SessionOptions(optimize=False)).run(feeds)
+        np.testing.assert_array_equal(got[label], expected[label])
+        assert got["probabilities"] == expected["probabilities"]

@@ -3,6 +3,8 @@ several cuts, gives the full model's class scores."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import pytest
@@ -77,3 +79,38 @@ def test_split_at_several_cuts_gives_the_full_models_scores_on_real_photos(
         fast = CutRunner(tmp_path, manifest, cut, SessionOptions(optimize=True)).run({"x": batch})
         np.testing.assert_allclose(fast["linear"], optimized["linear"], rtol=1e-4, atol=1e-4)
         assert (np.argmax(fast["linear"], 1) == np.argmax(optimized["linear"], 1)).all()
+
+
+def test_a_model_zoo_style_export_splits_bit_exact(photos, tmp_path):
+    """The TorchScript exporter at opset 9, with BatchNormalization nodes left in and
+    every initializer listed as a graph input: what many model-zoo files look like."""
+    path = tmp_path / "zoo_style.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            mobilenet_v2(pretrained=True),
+            (torch.from_numpy(photos["china.jpg"]),),
+            str(path),
+            dynamo=False,
+            opset_version=9,
+            keep_initializers_as_inputs=True,
+            do_constant_folding=False,
+            input_names=["input"],
+            dynamic_axes={"input": {0: "batch"}},
+        )
+    original = onnx.load(str(path))
+    assert len(original.graph.input) > 100
+    assert "BatchNormalization" in {n.op_type for n in original.graph.node}
+    graph = ModelGraph.load(original)
+    assert graph.inputs == ["input"]
+    manifest = write_artifacts(graph, _chosen_cuts(graph), tmp_path / "art")
+    batch = np.concatenate(list(photos.values()))
+    expected = run(original, {"input": batch})
+    (output,) = expected
+    for cut in manifest.cuts:
+        got = CutRunner(tmp_path / "art", manifest, cut, SessionOptions(optimize=False)).run(
+            {"input": batch}
+        )
+        np.testing.assert_array_equal(got[output], expected[output], err_msg=cut.id)
+    names = imagenet_class_names()
+    assert names[int(np.argmax(expected[output][0]))] == "palace"
