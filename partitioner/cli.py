@@ -16,6 +16,7 @@ from pathlib import Path
 from partitioner.cuts import DEFAULT_MAX_TENSORS, Cut, enumerate_cuts, resolve_cut
 from partitioner.graph import ModelGraph
 from partitioner.split import write_artifacts
+from runtime.artifacts import Manifest
 from runtime.errors import SplitInferError
 
 EXIT_BAD_INPUT = 2
@@ -76,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a cut id from `splitinfer cuts`, or the tensors to send, comma-separated; repeatable",
     )
     split.add_argument("--out", required=True, type=Path, metavar="DIR")
+    split.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip running head -> tail against the full model on example inputs",
+    )
     split.set_defaults(run=_cmd_split)
 
     export = commands.add_parser("export", help="export a PyTorch module to ONNX")
@@ -123,7 +129,31 @@ def _cmd_split(args: argparse.Namespace) -> int:
         sends = ", ".join(t.name for t in cut.tensors) or "nothing"
         print(f"{cut.id}: head={cut.head or '-'} tail={cut.tail or '-'} sends {sends}")
     print(f"wrote {args.out / 'manifest.json'}")
-    return 0
+    return 0 if args.no_verify else _verify(args.out, manifest)
+
+
+def _verify(directory: Path, manifest: Manifest) -> int:
+    from partitioner.verify import verify_artifacts
+
+    try:
+        verdicts = verify_artifacts(directory, manifest)
+    except Exception as exc:  # the model may need real inputs (token ids in range, ...)
+        print(
+            f"splitinfer: warning: not verified: the model does not run on example inputs "
+            f"({_one_line(str(exc))[:200]})",
+            file=sys.stderr,
+        )
+        return 0
+    wrong = [v for v in verdicts if not v.exact]
+    for verdict in wrong:
+        print(
+            f"splitinfer: error: cut {verdict.cut} differs from the full model "
+            f"(max |diff| {verdict.max_abs_diff:.3g}); please report this with the model",
+            file=sys.stderr,
+        )
+    if not wrong:
+        print(f"verified: head -> tail equals the full model bit for bit ({len(verdicts)} cuts)")
+    return 1 if wrong else 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

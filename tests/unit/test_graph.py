@@ -228,7 +228,7 @@ def test_a_classifier_with_a_sequence_of_maps_output_splits_before_it(tmp_path):
     b.outputs.append(helper.make_value_info("probabilities", seq_of_maps))
     model = b.model()
     model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 1))
-    graph, manifest = split_all(model, tmp_path)
+    _, manifest = split_all(model, tmp_path)
     assert [c.id for c in manifest.cuts] == ["cloud", "c1", "c2", "edge"]
     feeds = example_feeds(manifest.inputs, batch=2)
     expected = run(model, feeds)

@@ -106,3 +106,27 @@ def test_a_broken_manifest_is_an_artifact_error(tmp_path):
     (tmp_path / "manifest.json").write_text('{"format": 1, "model": "m"}')
     with pytest.raises(ArtifactError, match="malformed"):
         load_manifest(tmp_path)
+
+
+def test_verification_passes_a_true_split_and_catches_a_tampered_tail(tmp_path, capsys):
+    from partitioner.cli import main
+    from partitioner.verify import verify_artifacts
+
+    model_path = tmp_path / "resnet.onnx"
+    onnx.save_model(FAMILIES["resnet"](), str(model_path))
+    out = tmp_path / "art"
+    assert main(["split", str(model_path), "--cut", "c3", "--cut", "c7", "--out", str(out)]) == 0
+    assert "bit for bit (2 cuts)" in capsys.readouterr().out
+    manifest = load_manifest(out)
+    assert all(v.exact and v.max_abs_diff == 0.0 for v in verify_artifacts(out, manifest))
+
+    tail_path = out / manifest.cut("c7").tail
+    tail = onnx.load(str(tail_path))
+    weight = tail.graph.initializer[0]
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values.flat[0] += 0.5
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    onnx.save_model(tail, str(tail_path))
+    verdicts = {v.cut: v for v in verify_artifacts(out, manifest)}
+    assert verdicts["c3"].exact and not verdicts["c7"].exact
+    assert verdicts["c7"].max_abs_diff > 0
