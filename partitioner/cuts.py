@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from partitioner.graph import ModelGraph, is_sendable, members
-from runtime.artifacts import TensorSpec
+from runtime.artifacts import TensorSpec, total_bytes
 from runtime.errors import CutError
 
 CLOUD_ONLY = "cloud"
@@ -53,8 +53,7 @@ class Cut:
     @property
     def bytes(self) -> int | None:
         """Bytes per sample sent across the cut, or None when a shape is unknown."""
-        sizes = [t.bytes_per_sample() for t in self.tensors]
-        return None if None in sizes else sum(s for s in sizes if s is not None)
+        return total_bytes(self.tensors)
 
     def to_json(self) -> dict[str, object]:
         return {

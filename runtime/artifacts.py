@@ -71,6 +71,12 @@ class TensorSpec:
         )
 
 
+def total_bytes(specs: tuple[TensorSpec, ...]) -> int | None:
+    """Bytes per sample of several tensors, or None when one of them is unknown."""
+    sizes = [t.bytes_per_sample() for t in specs]
+    return None if None in sizes else sum(s for s in sizes if s is not None)
+
+
 def _shape_to_json(shape: tuple[Dim, ...] | None) -> list[Dim] | None:
     return None if shape is None else list(shape)
 
@@ -96,8 +102,8 @@ class CutArtifact:
 
     @property
     def bytes(self) -> int | None:
-        sizes = [t.bytes_per_sample() for t in self.tensors]
-        return None if None in sizes else sum(s for s in sizes if s is not None)
+        """Bytes per sample sent across the cut, or None when a shape is unknown."""
+        return total_bytes(self.tensors)
 
     def to_json(self) -> dict[str, Any]:
         return {

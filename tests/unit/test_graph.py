@@ -89,17 +89,19 @@ def test_nodes_feeding_no_output_are_dropped():
     assert [n.proto.op_type for n in graph.nodes] == ["Relu"]
 
 
+def _save_with_external_data(directory, location):
+    path = directory / "model.onnx"
+    # saving with external data rewrites the proto it is given: save a fresh one
+    model = FAMILIES["chain_cnn"]()
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, location=location, size_threshold=0
+    )
+    return path
+
+
 def test_external_data_model_loads_from_its_file(tmp_path):
     original = FAMILIES["chain_cnn"]()
-    path = tmp_path / "model.onnx"
-    # saving with external data rewrites the proto it is given: save a fresh one
-    onnx.save_model(
-        FAMILIES["chain_cnn"](),
-        str(path),
-        save_as_external_data=True,
-        location="model.onnx.data",
-        size_threshold=0,
-    )
+    path = _save_with_external_data(tmp_path, "model.onnx.data")
     assert (tmp_path / "model.onnx.data").stat().st_size > 1000
     graph = ModelGraph.load(path)
     _, manifest = split_all(graph.model, tmp_path / "out")
@@ -107,14 +109,7 @@ def test_external_data_model_loads_from_its_file(tmp_path):
 
 
 def test_missing_external_data_is_a_clear_error(tmp_path):
-    path = tmp_path / "model.onnx"
-    onnx.save_model(
-        FAMILIES["chain_cnn"](),
-        str(path),
-        save_as_external_data=True,
-        location="w.data",
-        size_threshold=0,
-    )
+    path = _save_with_external_data(tmp_path, "w.data")
     (tmp_path / "w.data").unlink()
     with pytest.raises(ModelError, match="external data"):
         ModelGraph.load(path)
