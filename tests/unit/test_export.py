@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 
 import numpy as np
@@ -123,3 +125,19 @@ def test_parse_shape():
     assert parse_shape("1x3x224x224") == (1, 3, 224, 224)
     with pytest.raises(ValueError, match="positive"):
         parse_shape("0x3")
+
+
+def test_without_onnxscript_export_says_what_to_install(nets, tmp_path):
+    # torch's dynamo exporter needs onnxscript, which torch does not declare
+    script = (
+        "import sys\n"
+        "sys.modules['onnxscript'] = None  # as if it were not installed\n"
+        "from partitioner.cli import main\n"
+        f"sys.exit(main(['export', '{nets}:conv', '--input-shape', '1x3x8x8', '--out', '{tmp_path}/m.onnx']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert "onnxscript is missing" in result.stderr and "splitinfer[torch]" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
