@@ -12,6 +12,7 @@ message and exit status 2.
     │                       valid ONNX that splitinfer cannot handle (says which node)
     ├── CutError            a cut that does not exist or does not separate the graph
     ├── ArtifactError       an artifact directory or manifest that is missing or broken
+    ├── CodecError          an unknown codec, or a payload that does not decode to its tensor
     └── ExportError         a PyTorch module that could not be exported to ONNX
 """
 
@@ -40,6 +41,10 @@ class CutError(SplitInferError):
 
 class ArtifactError(SplitInferError):
     """An artifact directory or manifest.json that is missing, malformed or inconsistent."""
+
+
+class CodecError(SplitInferError):
+    """An unknown codec, a dtype it cannot carry, or a corrupted, truncated or oversized payload."""
 
 
 class ExportError(SplitInferError):

@@ -1,0 +1,317 @@
+"""Tensor codecs: the one place where tensors become bytes and bytes become tensors.
+
+=============  =======  ===================================================
+name           lossy    payload
+=============  =======  ===================================================
+``raw``        no       the tensor's bytes, C order, little-endian
+``zstd``       no       a zstd frame of those bytes, optionally byte-shuffled
+``fp16+zstd``  yes      float16 values (clipped to ±65504), then as ``zstd``
+``int8+zstd``  yes      int8 ``q = clip(round(x / scale) + zero_point)``,
+                        then as ``zstd``; scale and zero point per tensor or
+                        per channel of ``axis``; ``x ≈ (q - zero_point) * scale``,
+                        within half a step (plus the result's own rounding)
+=============  =======  ===================================================
+
+*Byte shuffle* stores byte 0 of every element, then byte 1, and so on: dense
+float data compresses better so, sparse (post-ReLU) data often worse, which is
+why it is a parameter and the profiler measures both. Every zstd frame carries
+its content size and a checksum, so corruption is detected.
+
+Decoding trusts nothing: the dtype must be one the codec accepts, the element
+count must fit ``max_bytes``, a raw payload must have exactly the right size, a
+zstd frame may not claim or produce more than the tensor's size (a 1 KB frame
+claiming 10 GB is refused before any allocation), and quantization parameters
+must be finite and match the shape. Each failure is a :class:`CodecError`
+saying what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+import zstandard
+
+from runtime.errors import CodecError
+
+CODEC_VERSION = 1
+DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: the largest tensor a decoder will allocate
+FP16_MAX = 65504.0
+
+LOSSLESS_DTYPES = frozenset(
+    {
+        "bool",
+        "int8",
+        "uint8",
+        "int16",
+        "uint16",
+        "int32",
+        "uint32",
+        "int64",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+    }
+)
+FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
+
+
+class Codec(str, Enum):
+    """Codec names, as they travel on the wire."""
+
+    RAW = "raw"
+    ZSTD = "zstd"
+    FP16_ZSTD = "fp16+zstd"
+    INT8_ZSTD = "int8+zstd"
+
+    @property
+    def lossy(self) -> bool:
+        return self in (Codec.FP16_ZSTD, Codec.INT8_ZSTD)
+
+    @classmethod
+    def parse(cls, name: str) -> Codec:
+        """The codec called ``name``; CodecError listing the known ones otherwise."""
+        try:
+            return cls(name)
+        except ValueError:
+            known = ", ".join(c.value for c in cls)
+            raise CodecError(f"unknown codec {name!r}; known codecs: {known}") from None
+
+    def accepts(self, dtype: str) -> bool:
+        """Whether this codec can carry tensors of ``dtype``."""
+        if self.lossy:
+            return dtype in ("float32", "float64")
+        return dtype in LOSSLESS_DTYPES
+
+
+@dataclass(frozen=True, kw_only=True)
+class CodecSpec:
+    """A codec and its encoder settings."""
+
+    codec: Codec = Codec.RAW
+    level: int = 3
+    shuffle: bool = False
+    axis: int | None = None  # int8: quantize per channel along this axis
+
+    @property
+    def label(self) -> str:
+        """``zstd``, ``zstd+shuffle``, ``int8+zstd/axis1``: a readable name with settings."""
+        text = self.codec.value
+        if self.shuffle and self.codec is not Codec.RAW:
+            text += "+shuffle"
+        if self.axis is not None and self.codec is Codec.INT8_ZSTD:
+            text += f"/axis{self.axis}"
+        return text
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tensor as it travels: everything a decoder needs, and the payload."""
+
+    codec: Codec
+    dtype: str
+    shape: tuple[int, ...]
+    payload: bytes
+    shuffle: bool = False
+    scale: tuple[float, ...] = ()
+    zero_point: tuple[int, ...] = ()
+    axis: int | None = None
+    version: int = CODEC_VERSION
+
+
+def encode(array: np.ndarray, spec: CodecSpec = CodecSpec()) -> Encoded:
+    """Encode ``array`` with ``spec``; CodecError if the codec cannot carry its dtype."""
+    array = np.asarray(array)
+    dtype = array.dtype.name
+    if not spec.codec.accepts(dtype):
+        raise CodecError(f"codec {spec.codec.value} cannot carry {dtype} tensors")
+    shape = tuple(int(d) for d in array.shape)
+    little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    if spec.codec is Codec.RAW:
+        return Encoded(Codec.RAW, dtype, shape, little.tobytes())
+    if spec.codec is Codec.ZSTD:
+        return Encoded(spec.codec, dtype, shape, _compress(little, spec), shuffle=spec.shuffle)
+    if spec.codec is Codec.FP16_ZSTD:
+        half = np.clip(little, -FP16_MAX, FP16_MAX).astype("<f2")
+        return Encoded(spec.codec, dtype, shape, _compress(half, spec), shuffle=spec.shuffle)
+    scale, zero_point = _quantization(little, spec.axis)
+    q = _quantize(little, scale, zero_point, spec.axis)
+    return Encoded(
+        Codec.INT8_ZSTD,
+        dtype,
+        shape,
+        _compress(q, spec),
+        shuffle=spec.shuffle,
+        scale=tuple(float(s) for s in scale),
+        zero_point=tuple(int(z) for z in zero_point),
+        axis=spec.axis,
+    )
+
+
+def decode(encoded: Encoded, *, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
+    """The tensor in ``encoded``, after checking it; CodecError on any inconsistency."""
+    codec = encoded.codec
+    if encoded.version != CODEC_VERSION:
+        raise CodecError(
+            f"codec version {encoded.version} is not supported (expected {CODEC_VERSION})"
+        )
+    if not codec.accepts(encoded.dtype):
+        raise CodecError(f"codec {codec.value} cannot carry {encoded.dtype!r} tensors")
+    count = _element_count(encoded.shape)
+    dtype = np.dtype(encoded.dtype).newbyteorder("<")
+    if count * dtype.itemsize > max_bytes:
+        raise CodecError(
+            f"tensor of shape {list(encoded.shape)} and dtype {encoded.dtype} needs "
+            f"{count * dtype.itemsize} bytes, more than the limit of {max_bytes}"
+        )
+    if codec is Codec.RAW:
+        values = _exact_buffer(encoded.payload, count * dtype.itemsize, "raw payload")
+        return np.frombuffer(values, dtype=dtype).reshape(encoded.shape).copy()
+    if codec is Codec.ZSTD:
+        values = _decompress(encoded, count, dtype.itemsize)
+        return np.frombuffer(values, dtype=dtype).reshape(encoded.shape).copy()
+    if codec is Codec.FP16_ZSTD:
+        half = np.frombuffer(_decompress(encoded, count, 2), dtype="<f2")
+        return half.astype(dtype).reshape(encoded.shape)
+    scale, zero_point = _checked_quantization(encoded)
+    q = np.frombuffer(_decompress(encoded, count, 1), dtype=np.int8).reshape(encoded.shape)
+    return _dequantize(q, scale, zero_point, encoded.axis, dtype)
+
+
+def encoded_size(encoded: Encoded) -> int:
+    """Bytes this tensor costs on the wire: payload plus quantization parameters."""
+    return len(encoded.payload) + 12 * len(encoded.scale)
+
+
+# --------------------------------------------------------------------------- zstd
+
+
+def _compress(array: np.ndarray, spec: CodecSpec) -> bytes:
+    data = _shuffle(array) if spec.shuffle else array.tobytes()
+    compressor = zstandard.ZstdCompressor(
+        level=spec.level, write_content_size=True, write_checksum=True
+    )
+    return compressor.compress(data)
+
+
+def _decompress(encoded: Encoded, count: int, itemsize: int) -> bytes:
+    expected = count * itemsize
+    payload = encoded.payload
+    try:
+        claimed = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError as exc:
+        raise CodecError(
+            f"corrupted {encoded.codec.value} payload: not a zstd frame ({exc})"
+        ) from exc
+    if claimed not in (-1, expected):
+        raise CodecError(
+            f"{encoded.codec.value} frame claims {claimed} bytes, but shape "
+            f"{list(encoded.shape)} needs {expected}"
+        )
+    try:
+        # Bounded: reads at most one byte more than the tensor can hold, whatever
+        # the frame says (frames written in streaming mode carry no content size).
+        reader = zstandard.ZstdDecompressor().stream_reader(payload, read_across_frames=False)
+        data = reader.read(expected + 1)
+    except zstandard.ZstdError as exc:
+        raise CodecError(f"corrupted {encoded.codec.value} payload: {exc}") from exc
+    data = _exact_buffer(data, expected, f"decompressed {encoded.codec.value} payload")
+    return _unshuffle(data, itemsize) if encoded.shuffle and itemsize > 1 else data
+
+
+def _shuffle(array: np.ndarray) -> bytes:
+    itemsize = array.dtype.itemsize
+    return np.ascontiguousarray(array).view(np.uint8).reshape(-1, itemsize).T.tobytes()
+
+
+def _unshuffle(data: bytes, itemsize: int) -> bytes:
+    planes = np.frombuffer(data, dtype=np.uint8).reshape(itemsize, -1)
+    return planes.T.tobytes()
+
+
+def _exact_buffer(data: bytes, expected: int, what: str) -> bytes:
+    if len(data) != expected:
+        more = " or more" if len(data) > expected else ""
+        raise CodecError(f"{what} has {len(data)} bytes{more}, expected {expected}")
+    return data
+
+
+def _element_count(shape: tuple[int, ...]) -> int:
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise CodecError(f"bad shape {list(shape)}: dimensions must be non-negative integers")
+    return math.prod(shape)
+
+
+# --------------------------------------------------------------------------- int8
+
+
+def _quantization(array: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Affine scale and zero point mapping [min, max] (with 0 inside) onto [-128, 127]."""
+    if array.size == 0:
+        count = 1 if axis is None else array.shape[axis]
+        return np.ones(count, np.float64), np.zeros(count, np.int64)
+    if axis is None:
+        low = np.array([min(float(np.min(array)), 0.0)])
+        high = np.array([max(float(np.max(array)), 0.0)])
+    else:
+        if not -array.ndim <= axis < array.ndim:
+            raise CodecError(f"axis {axis} is out of range for a tensor of rank {array.ndim}")
+        others = tuple(i for i in range(array.ndim) if i != axis % array.ndim)
+        low = np.minimum(np.min(array, axis=others), 0.0).astype(np.float64)
+        high = np.maximum(np.max(array, axis=others), 0.0).astype(np.float64)
+    if not (np.isfinite(low).all() and np.isfinite(high).all()):
+        raise CodecError("int8+zstd cannot carry inf or NaN values")
+    scale = (high - low) / 255.0
+    scale = np.where(scale > 0, scale, 1.0)
+    zero_point = np.clip(np.round(-128 - low / scale), -128, 127).astype(np.int64)
+    return scale, zero_point
+
+
+def _broadcast(values: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
+    if axis is None:
+        return values.reshape(())
+    shape = [1] * ndim
+    shape[axis % ndim] = -1
+    return values.reshape(shape)
+
+
+def _quantize(
+    array: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None
+) -> np.ndarray:
+    s = _broadcast(scale, array.ndim, axis)
+    z = _broadcast(zero_point, array.ndim, axis)
+    return np.clip(np.round(array / s) + z, -128, 127).astype(np.int8)
+
+
+def _dequantize(
+    q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None, dtype: np.dtype
+) -> np.ndarray:
+    s = _broadcast(scale, q.ndim, axis)
+    z = _broadcast(zero_point, q.ndim, axis)
+    return ((q.astype(np.float64) - z) * s).astype(dtype)
+
+
+def _checked_quantization(encoded: Encoded) -> tuple[np.ndarray, np.ndarray]:
+    axis = encoded.axis
+    if axis is None:
+        channels = 1
+    else:
+        ndim = len(encoded.shape)
+        if not -ndim <= axis < ndim:
+            raise CodecError(f"axis {axis} is out of range for a tensor of rank {ndim}")
+        channels = encoded.shape[axis]
+    if len(encoded.scale) != channels or len(encoded.zero_point) != channels:
+        raise CodecError(
+            f"int8+zstd needs {channels} scale(s) and zero point(s), "
+            f"got {len(encoded.scale)} and {len(encoded.zero_point)}"
+        )
+    scale = np.asarray(encoded.scale, dtype=np.float64)
+    zero_point = np.asarray(encoded.zero_point, dtype=np.int64)
+    if not (np.isfinite(scale).all() and (scale > 0).all()):
+        raise CodecError("int8+zstd scales must be finite and positive")
+    if ((zero_point < -128) | (zero_point > 127)).any():
+        raise CodecError("int8+zstd zero points must lie in [-128, 127]")
+    return scale, zero_point

@@ -1,0 +1,171 @@
+"""Codecs round-trip every dtype and shape they accept, and refuse bad payloads."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from runtime.codec import (
+    FP16_MAX,
+    LOSSLESS_DTYPES,
+    Codec,
+    CodecSpec,
+    Encoded,
+    decode,
+    encode,
+)
+from runtime.errors import CodecError
+
+shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(),
+    dtype=st.sampled_from(sorted(LOSSLESS_DTYPES)),
+    codec=st.sampled_from([Codec.RAW, Codec.ZSTD]),
+    shuffle=st.booleans(),
+    level=st.integers(1, 9),
+)
+def test_lossless_codecs_round_trip_bit_exact(data, dtype, codec, shuffle, level):
+    array = data.draw(hnp.arrays(np.dtype(dtype), shapes))
+    encoded = encode(array, CodecSpec(codec=codec, shuffle=shuffle, level=level))
+    decoded = decode(encoded)
+    assert decoded.dtype == array.dtype and decoded.shape == array.shape
+    # bitwise: NaN payloads and signed zeros included
+    assert decoded.tobytes() == np.ascontiguousarray(array).tobytes()
+
+
+finite32 = st.floats(-1e6, 1e6, width=32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(array=hnp.arrays(np.float32, shapes, elements=finite32), shuffle=st.booleans())
+def test_fp16_is_within_half_precision_rounding(array, shuffle):
+    decoded = decode(encode(array, CodecSpec(codec=Codec.FP16_ZSTD, shuffle=shuffle)))
+    assert decoded.dtype == np.float32 and decoded.shape == array.shape
+    clipped = np.clip(array, -FP16_MAX, FP16_MAX)
+    # float16 keeps 11 significant bits; below 2**-14 it is subnormal with step 2**-24
+    bound = np.abs(clipped) * 2.0**-11 + 2.0**-24
+    assert (np.abs(decoded - clipped) <= bound).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    dtype=st.sampled_from(["float32", "float64"]),
+    per_channel=st.booleans(),
+)
+def test_int8_is_within_half_a_quantization_step(data, dtype, per_channel):
+    array = data.draw(
+        hnp.arrays(
+            np.dtype(dtype),
+            hnp.array_shapes(min_dims=1, max_dims=4, max_side=6),
+            elements=st.floats(-1e4, 1e4, width=32),
+        )
+    )
+    axis = data.draw(st.integers(0, array.ndim - 1)) if per_channel else None
+    encoded = encode(array, CodecSpec(codec=Codec.INT8_ZSTD, axis=axis))
+    decoded = decode(encoded)
+    assert decoded.dtype == array.dtype and decoded.shape == array.shape
+    scale = np.asarray(encoded.scale)
+    if axis is not None:
+        shape = [1] * array.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+    # the stated bound: half a step, step = (max(x, 0) - min(x, 0)) / 255 per channel,
+    # plus the rounding of the result to the tensor's own dtype
+    rounding = np.abs(array.astype(np.float64)) * np.finfo(array.dtype).eps
+    assert (np.abs(decoded.astype(np.float64) - array) <= scale * 0.5 + rounding).all()
+
+
+def test_shuffle_helps_dense_floats_and_the_ratio_is_real():
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((64, 32, 32)).astype(np.float32)
+    plain = encode(dense, CodecSpec(codec=Codec.ZSTD))
+    shuffled = encode(dense, CodecSpec(codec=Codec.ZSTD, shuffle=True))
+    assert len(shuffled.payload) < len(plain.payload) < dense.nbytes
+
+
+@pytest.mark.parametrize("codec", [Codec.FP16_ZSTD, Codec.INT8_ZSTD])
+def test_lossy_codecs_refuse_integer_tensors(codec):
+    with pytest.raises(CodecError, match="cannot carry int64"):
+        encode(np.arange(4), CodecSpec(codec=codec))
+
+
+def test_unknown_codec_name_is_an_error_not_raw():
+    with pytest.raises(CodecError, match=r"unknown codec 'lz4'.*raw, zstd"):
+        Codec.parse("lz4")
+
+
+def _zstd(array, **kwargs):
+    return encode(array, CodecSpec(codec=Codec.ZSTD, **kwargs))
+
+
+def test_a_corrupted_payload_is_a_clear_error():
+    encoded = _zstd(np.arange(1000, dtype=np.float32))
+    payload = bytearray(encoded.payload)
+    payload[len(payload) // 2] ^= 0xFF
+    with pytest.raises(CodecError, match="corrupted zstd payload"):
+        decode(dataclasses.replace(encoded, payload=bytes(payload)))
+    with pytest.raises(CodecError, match="not a zstd frame"):
+        decode(dataclasses.replace(encoded, payload=b"garbage!" * 10))
+
+
+def test_a_truncated_payload_is_a_clear_error():
+    encoded = _zstd(np.arange(1000, dtype=np.float32))
+    with pytest.raises(CodecError):
+        decode(dataclasses.replace(encoded, payload=encoded.payload[:-7]))
+    raw = encode(np.arange(10, dtype=np.int32))
+    with pytest.raises(CodecError, match="raw payload has 36 bytes, expected 40"):
+        decode(dataclasses.replace(raw, payload=raw.payload[:-4]))
+
+
+def test_a_decompression_bomb_is_refused_before_allocating():
+    # a 100-byte frame that expands to 1 MiB, for a 64-byte tensor: the header says so
+    bomb = zstandard.ZstdCompressor(write_content_size=True).compressobj()
+    small = _zstd(np.zeros(16, dtype=np.float32))
+    frame = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(1 << 20))
+    with pytest.raises(CodecError, match=r"frame claims 1048576 bytes, but shape \[16\] needs 64"):
+        decode(dataclasses.replace(small, payload=frame))
+    # a frame with no content size (streaming mode) is read only up to the tensor's size
+    streamed = bomb.compress(bytes(1 << 20)) + bomb.flush()
+    assert zstandard.frame_content_size(streamed) == -1
+    with pytest.raises(CodecError, match="65 bytes or more, expected 64"):
+        decode(dataclasses.replace(small, payload=streamed))
+    # and a shape that claims 10 GB is refused before any allocation
+    with pytest.raises(CodecError, match="more than the limit"):
+        decode(Encoded(Codec.ZSTD, "float32", (50_000, 50_000), small.payload))
+
+
+def test_a_streamed_frame_of_the_right_size_decodes():
+    array = np.arange(256, dtype=np.float32)
+    stream = zstandard.ZstdCompressor().compressobj()
+    payload = stream.compress(array.tobytes()) + stream.flush()
+    assert np.array_equal(decode(Encoded(Codec.ZSTD, "float32", (256,), payload)), array)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"dtype": "complex64"}, "cannot carry 'complex64'"),
+        ({"shape": (4, -1)}, "non-negative"),
+        ({"version": 9}, "version 9"),
+        ({"scale": (1.0, 2.0)}, "needs 1 scale"),
+        ({"scale": (float("nan"),)}, "finite and positive"),
+        ({"zero_point": (300,)}, r"\[-128, 127\]"),
+        ({"axis": 5}, "axis 5 is out of range"),
+    ],
+)
+def test_inconsistent_headers_are_refused(change, message):
+    encoded = encode(
+        np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4), CodecSpec(codec=Codec.INT8_ZSTD)
+    )
+    with pytest.raises(CodecError, match=message):
+        decode(dataclasses.replace(encoded, **change))
