@@ -133,7 +133,9 @@ def test_without_onnxscript_export_says_what_to_install(nets, tmp_path):
         "import sys\n"
         "sys.modules['onnxscript'] = None  # as if it were not installed\n"
         "from partitioner.cli import main\n"
-        f"sys.exit(main(['export', '{nets}:conv', '--input-shape', '1x3x8x8', '--out', '{tmp_path}/m.onnx']))\n"
+        f"argv = ['export', '{nets}:conv', '--input-shape', '1x3x8x8']\n"
+        f"argv += ['--out', '{tmp_path}/m.onnx']\n"
+        "sys.exit(main(argv))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=False
