@@ -34,6 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a defect, not bad input: still one line, no traceback
+        print(
+            f"splitinfer: internal error: {type(exc).__name__}: {_one_line(str(exc))[:300]} "
+            "(please report this with the command and model)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _one_line(text: str) -> str:
@@ -72,9 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     split.add_argument(
         "--cut",
         action="append",
-        required=True,
+        default=[],
         metavar="ID|T1,T2,...",
         help="a cut id from `splitinfer cuts`, or the tensors to send, comma-separated; repeatable",
+    )
+    split.add_argument(
+        "--plan", type=Path, metavar="PLAN.json", help="write the cuts a `plan --sweep` chose"
     )
     split.add_argument("--out", required=True, type=Path, metavar="DIR")
     split.add_argument(
@@ -102,6 +112,56 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(run=_cmd_export)
 
+    profile = commands.add_parser("profile", help="measure every candidate cut on this machine")
+    profile.add_argument("model", metavar="MODEL.onnx")
+    profile.add_argument("--out", required=True, type=Path, metavar="PROFILE.json")
+    profile.add_argument("--device", default="edge", help="a name for this device (default edge)")
+    profile.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    profile.add_argument(
+        "--slowdown", type=float, default=1.0, metavar="K", help="emulate a device K times slower"
+    )
+    source = profile.add_mutually_exclusive_group()
+    source.add_argument("--calib", type=Path, metavar="DIR", help="calibration inputs (.npy)")
+    source.add_argument("--samples", type=int, default=4, help="example inputs (default 4)")
+    profile.add_argument("--batch", type=int, default=1, help="samples per request (default 1)")
+    profile.add_argument(
+        "--repeats", type=int, default=15, help="timed runs per model (default 15)"
+    )
+    profile.add_argument(
+        "--max-tensors", type=int, default=DEFAULT_MAX_TENSORS, metavar="N", help=argparse.SUPPRESS
+    )
+    profile.set_defaults(run=_cmd_profile)
+
+    plan = commands.add_parser("plan", help="choose the cut and codec for a link")
+    plan.add_argument("model", metavar="MODEL.onnx")
+    plan.add_argument("--edge", required=True, type=Path, metavar="EDGE.json")
+    plan.add_argument("--cloud", required=True, type=Path, metavar="CLOUD.json")
+    plan.add_argument("--uplink", default="10mbit", help="e.g. 10mbit, 1.5gbit (default 10mbit)")
+    plan.add_argument("--rtt", default="40ms", help="round-trip time, e.g. 40ms (default 40ms)")
+    plan.add_argument("--downlink", default=None, help="default: as fast as the uplink")
+    plan.add_argument("--codecs", default=None, help="allowed codecs, comma-separated")
+    plan.add_argument(
+        "--max-error",
+        type=float,
+        default=0.0,
+        help="allow lossy codecs whose output error (relative L2) is at most this (default 0)",
+    )
+    plan.add_argument("--keep-input-on-device", action="store_true", help="never send raw inputs")
+    plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    plan.add_argument("--plot", type=Path, metavar="OUT.png", help="predicted latency per cut")
+    plan.add_argument("--sweep", action="store_true", help="plan over many links (needs --out)")
+    plan.add_argument("--out", type=Path, metavar="PLAN.json", help="where --sweep writes the plan")
+    plan.set_defaults(run=_cmd_plan)
+
+    check = commands.add_parser(
+        "check-profile", help="re-measure the cuts and compare with a profile's numbers"
+    )
+    check.add_argument("model", metavar="MODEL.onnx")
+    check.add_argument("--profile", required=True, type=Path, metavar="PROFILE.json")
+    check.add_argument("--samples", type=int, default=4, help="example inputs (default 4)")
+    check.add_argument("--calib", type=Path, metavar="DIR", help="calibration inputs (.npy)")
+    check.set_defaults(run=_cmd_check_profile)
+
     demo = commands.add_parser("demo", help="walk through export, cuts and split on MobileNetV2")
     demo.add_argument(
         "--out", type=Path, default=None, metavar="DIR", help="keep the artifacts in DIR"
@@ -122,21 +182,29 @@ def _cmd_cuts(args: argparse.Namespace) -> int:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
+    from partitioner.plan import load_plan, plan_cuts
+
     graph = ModelGraph.load(args.model)
+    if not args.cut and args.plan is None:
+        raise ValueError("give --cut ID (repeatable) or --plan PLAN.json")
     cuts = [resolve_cut(graph, spec) for spec in args.cut]
-    manifest = write_artifacts(graph, cuts, args.out)
+    plan = None
+    if args.plan is not None:
+        plan = load_plan(args.plan, graph)
+        cuts += plan_cuts(graph, plan)
+    manifest = write_artifacts(graph, cuts, args.out, plan=None if plan is None else plan.to_json())
     for cut in manifest.cuts:
         sends = ", ".join(t.name for t in cut.tensors) or "nothing"
         print(f"{cut.id}: head={cut.head or '-'} tail={cut.tail or '-'} sends {sends}")
     print(f"wrote {args.out / 'manifest.json'}")
-    return 0 if args.no_verify else _verify(args.out, manifest)
+    return 0 if args.no_verify else _verify(args.out, manifest, args.model)
 
 
-def _verify(directory: Path, manifest: Manifest) -> int:
+def _verify(directory: Path, manifest: Manifest, original: str) -> int:
     from partitioner.verify import verify_artifacts
 
     try:
-        verdicts = verify_artifacts(directory, manifest)
+        verdicts = verify_artifacts(directory, manifest, reference=original)
     except Exception as exc:  # the model may need real inputs (token ids in range, ...)
         print(
             f"splitinfer: warning: not verified: the model does not run on example inputs "
@@ -165,6 +233,85 @@ def _cmd_export(args: argparse.Namespace) -> int:
         module, shapes, args.out, dynamic_batch=not args.static_batch, opset=args.opset
     )
     print(f"wrote {path}")
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from partitioner.profile import ProfileOptions, calibration_feeds, profile_model
+
+    for flag in ("threads", "batch", "samples", "repeats"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be at least 1")
+    if not args.slowdown > 0:
+        raise ValueError("--slowdown must be positive")
+    graph = ModelGraph.load(args.model)
+    feeds = calibration_feeds(graph, calib=args.calib, samples=max(args.samples, args.batch))
+    options = ProfileOptions(
+        device=args.device,
+        threads=args.threads,
+        slowdown=args.slowdown,
+        batch=args.batch,
+        repeats=args.repeats,
+        max_tensors=None if args.max_tensors <= 0 else args.max_tensors,
+    )
+    profile = profile_model(graph, feeds, options)
+    profile.save(args.out)
+    print(
+        f"wrote {args.out}: {len(profile.cuts)} cuts, full model {profile.full_ms.median_ms:.2f} ms"
+        + (f" (x{args.slowdown:g} slowdown)" if args.slowdown != 1 else "")
+    )
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from partitioner.plan import Constraints, Link, Planner, parse_duration_ms, parse_rate, sweep
+    from partitioner.profile import load_profile
+    from partitioner.report import format_choice, plot_choice
+
+    graph = ModelGraph.load(args.model)
+    planner = Planner(graph, load_profile(args.edge), load_profile(args.cloud))
+    link = Link(
+        parse_rate(args.uplink),
+        parse_duration_ms(args.rtt),
+        None if args.downlink is None else parse_rate(args.downlink),
+    )
+    if args.max_error < 0:
+        raise ValueError("--max-error cannot be negative")
+    codecs = None if args.codecs is None else frozenset(c.strip() for c in args.codecs.split(","))
+    constraints = Constraints(
+        codecs=codecs, max_error=args.max_error, keep_input_on_device=args.keep_input_on_device
+    )
+    if args.sweep:
+        if args.out is None:
+            raise ValueError("--sweep writes a plan: give --out PLAN.json")
+        plan = sweep(planner, constraints, downlink_bps=link.downlink_bps, default=link)
+        plan.save(args.out)
+        print(f"wrote {args.out}: cuts {', '.join(c['id'] for c in plan.cuts)}")
+        for segment in plan.segments:
+            print(
+                f"  RTT {segment.rtt_ms:>5g} ms, uplink {segment.uplink_from_mbit:>8g}"
+                f"-{segment.uplink_to_mbit:<8g} Mbit/s: {segment.cut} ({segment.codec})"
+            )
+        return 0
+    choice = planner.choose(link, constraints)
+    if args.plot is not None:
+        plot_choice(choice, args.plot)
+    if args.json:
+        print(json.dumps(choice.to_json(), indent=2))
+    else:
+        print(format_choice(choice))
+    return 0
+
+
+def _cmd_check_profile(args: argparse.Namespace) -> int:
+    from partitioner.profile import calibration_feeds, load_profile
+    from partitioner.report import check_profile, format_check
+
+    graph = ModelGraph.load(args.model)
+    profile = load_profile(args.profile, graph)
+    feeds = calibration_feeds(graph, calib=args.calib, samples=max(args.samples, profile.batch))
+    rows = check_profile(graph, profile, feeds)
+    print(format_check(rows))
     return 0
 
 

@@ -23,9 +23,9 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from partitioner.graph import ModelGraph, is_sendable, members
+from partitioner.graph import ModelGraph, bits, is_sendable, members
 from runtime.artifacts import TensorSpec, total_bytes
-from runtime.errors import CutError
+from runtime.errors import CutError, UnsupportedModelError
 
 CLOUD_ONLY = "cloud"
 EDGE_ONLY = "edge"
@@ -99,6 +99,10 @@ def enumerate_cuts(
 
 @functools.lru_cache(maxsize=8)
 def _all_cuts(graph: ModelGraph) -> tuple[Cut, ...]:
+    if not graph.nodes:
+        raise UnsupportedModelError(
+            "the model has no node that depends on its inputs: there is nothing to split"
+        )
     candidates = _candidate_heads(graph)
     cuts = []
     for cut_id, head in _assign_ids(graph, candidates):
@@ -202,24 +206,38 @@ def cut_from_tensors(graph: ModelGraph, names: Sequence[str], *, cut_id: str | N
         raise CutError("a cut needs at least one tensor (use the 'cloud' or 'edge' cut ids)")
     for name in names:
         _check_cut_tensor(graph, name)
+    producers = bits(graph.producer[n] for n in names if n in graph.producer)
+    redundant = _unread(graph, _ancestors(graph, producers), names)
     head, leak = _smallest_head(graph, names)
-    unread = [n for n in names if not any(not head >> r & 1 for r in graph.consumers[n])]
-    if leak is not None:
-        tensor, reader = leak
-        if unread:
-            path = _short_path(graph.path_through(tensor, reader), tensor)
-            raise CutError(
-                f"tensors {', '.join(names)} do not separate the graph: the path {path} "
-                f"does not pass through them (add {tensor!r} to the cut)"
-            )
-    if unread:
+    unread = _unread(graph, head, names)
+    if redundant or (unread and leak is None):
         raise CutError(
-            f"tensor {unread[0]!r} is read only on the device side of this cut (it feeds "
-            "other cut tensors, not the tail): drop it from the cut"
+            f"tensor {(redundant or unread)[0]!r} is read only on the device side of this cut "
+            "(it feeds other cut tensors, not the tail): drop it from the cut"
+        )
+    if unread and leak is not None:
+        tensor, reader = leak
+        path = _short_path(graph.path_through(tensor, reader), tensor)
+        raise CutError(
+            f"tensors {', '.join(names)} do not separate the graph: "
+            f"{graph.nodes[reader]} needs {tensor!r}, which is made on the device side but "
+            f"not sent ({path}); add {tensor!r} to the cut or cut elsewhere"
         )
     if cut_id is None:
         cut_id = _id_for_head(graph, head, names)
     return make_cut(graph, head, cut_id)
+
+
+def _ancestors(graph: ModelGraph, nodes: int) -> int:
+    mask = 0
+    for i in members(nodes):
+        mask |= graph.anc_mask[i]
+    return mask
+
+
+def _unread(graph: ModelGraph, head: int, names: Sequence[str]) -> list[str]:
+    """The tensors in ``names`` that no node outside ``head`` reads."""
+    return [n for n in names if all(head >> r & 1 for r in graph.consumers[n])]
 
 
 def _short_path(path: list[str], tensor: str) -> str:
@@ -245,10 +263,7 @@ def _smallest_head(graph: ModelGraph, names: Sequence[str]) -> tuple[int, tuple[
     names the leak when the result turns out not to send ``names``.
     """
     chosen = set(names)
-    head = 0
-    for name in names:
-        if name in graph.producer:
-            head |= graph.anc_mask[graph.producer[name]]
+    head = _ancestors(graph, bits(graph.producer[n] for n in names if n in graph.producer))
     first_leak: tuple[str, int] | None = None
     leaked = [i for i in graph.inputs if i not in chosen]
     leaked += [o for n in members(head) for o in graph.nodes[n].outputs if o not in chosen]
@@ -277,9 +292,10 @@ def _check_cut_tensor(graph: ModelGraph, name: str) -> None:
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise CutError(f"no tensor named {name!r} in the model{hint}")
     if name not in graph.consumers:
+        what = "an input no node reads" if name in graph.inputs else "only a model output"
         raise CutError(
-            f"tensor {name!r} is read by no node (it is only a model output), so it cannot "
-            "feed the tail; cut at the tensors it is computed from instead"
+            f"tensor {name!r} is read by no node (it is {what}), so it cannot feed the "
+            "tail; cut at the tensors it is computed from instead"
         )
     if not is_sendable(graph.spec(name)):
         raise CutError(
@@ -292,7 +308,7 @@ def _id_for_head(graph: ModelGraph, head: int, names: Sequence[str]) -> str:
     for cut in _all_cuts(graph):
         if cut.head == head:
             return cut.id
-    digest = hashlib.sha1(",".join(sorted(names)).encode()).hexdigest()[:8]
+    digest = hashlib.sha1("\0".join(sorted(names)).encode()).hexdigest()[:8]
     return f"x{digest}"
 
 
@@ -304,6 +320,8 @@ def resolve_cut(graph: ModelGraph, spec: str) -> Cut:
     spec = spec.strip()
     if not spec:
         raise CutError("empty --cut value: give a cut id or tensor names separated by commas")
+    if "," in spec and graph.is_tensor(spec):
+        return cut_from_tensors(graph, [spec])  # a tensor whose name has a comma
     if "," not in spec:
         for cut in _all_cuts(graph):
             if cut.id == spec:

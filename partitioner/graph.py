@@ -109,11 +109,12 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     result.CopyFrom(model)
     graph = result.graph
     _drop_initializer_inputs(result)
+    _check_input_types(graph)
     _reject_output_passthrough(graph)
     _sort_topologically(graph)
     _remove_dead_nodes(graph)
     _infer_shapes(result)
-    if _fold_static_shapes(graph):
+    if _default_opset(result) >= 9 and _fold_static_shapes(graph):
         _remove_dead_nodes(graph)
         _infer_shapes(result)
     _check(result)
@@ -129,6 +130,17 @@ def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
         model.graph.input.extend(inputs)
     # IR 3 requires every initializer to be an input; from IR 4 on they need not be.
     model.ir_version = max(model.ir_version, 4)
+
+
+def _check_input_types(graph: onnx.GraphProto) -> None:
+    valid = set(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
+    for vi in graph.input:
+        if vi.type.WhichOneof("value") == "tensor_type":
+            elem_type = vi.type.tensor_type.elem_type
+            if elem_type not in valid:
+                raise ModelError(
+                    f"input {vi.name!r} has element type {elem_type}, which is not an ONNX type"
+                )
 
 
 def _reject_output_passthrough(graph: onnx.GraphProto) -> None:
@@ -202,7 +214,8 @@ def _sort_topologically(graph: onnx.GraphProto) -> None:
                 f"node {_describe(node)} reads {missing[0]!r}, which no node, input or "
                 "initializer provides"
             )
-        deps.discard(i)
+        if i in deps:
+            raise ModelError(f"the graph has a cycle: node {_describe(node)} reads its own output")
         waiting[i] = len(deps)
         for d in deps:
             dependents[d].append(i)
@@ -217,11 +230,25 @@ def _sort_topologically(graph: onnx.GraphProto) -> None:
             if waiting[j] == 0:
                 heapq.heappush(ready, j)
     if len(order) != len(nodes):
-        stuck = next(i for i in range(len(nodes)) if waiting[i] > 0)
-        raise ModelError(f"the graph has a cycle through node {_describe(nodes[stuck])}")
+        culprit = nodes[_on_cycle(waiting, producer, nodes)]
+        raise ModelError(f"the graph has a cycle through node {_describe(culprit)}")
     if order != list(range(len(nodes))):
         del graph.node[:]
         graph.node.extend(nodes[i] for i in order)
+
+
+def _on_cycle(
+    waiting: dict[int, int], producer: dict[str, int], nodes: list[onnx.NodeProto]
+) -> int:
+    """A node on a cycle: walk from a stuck node to a stuck producer until one repeats."""
+    seen: list[int] = []
+    node = next(i for i, n in waiting.items() if n > 0)
+    while node not in seen:
+        seen.append(node)
+        node = next(
+            producer[r] for r in node_reads(nodes[node]) if waiting.get(producer.get(r, -1), 0) > 0
+        )
+    return node
 
 
 def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
@@ -299,8 +326,10 @@ def _weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _onnx_inference(light: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     try:
-        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError):
+        # No data propagation: it evaluates constant ops like Range and can allocate
+        # without bound on a hostile model. ONNX Runtime's inference fills the gaps.
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=False)
+    except Exception:  # malformed models make the inference raise all sorts of errors
         return {}
     values = (*inferred.graph.value_info, *inferred.graph.output)
     return {vi.name: vi for vi in values if _complete(vi)}
@@ -326,7 +355,8 @@ def _onnxruntime_inference(
     wanted = set(names)
     for out in session.get_outputs():
         elem_type = _ort_elem_type(out.type)
-        if out.name in wanted and elem_type is not None and out.shape is not None:
+        # ORT reports an unknown rank as [], like a scalar's: only trust a known rank
+        if out.name in wanted and elem_type is not None and out.shape:
             dims = [d if isinstance(d, (int, str)) else None for d in out.shape]
             found[out.name] = helper.make_tensor_value_info(out.name, elem_type, dims)
     return found
@@ -340,8 +370,15 @@ def _ort_elem_type(ort_type: str) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def _fold_static_shapes(graph: onnx.GraphProto) -> bool:
-    """Replace Shape/Size of statically shaped tensors by Constant nodes."""
+    """Replace Shape/Size of statically shaped tensors by Constant nodes.
+
+    Only from opset 9 on: before it, Constant holds floats alone, not int64.
+    """
     specs = _value_specs(graph)
     changed = False
     for index, node in enumerate(graph.node):
@@ -377,7 +414,7 @@ def _check(model: onnx.ModelProto) -> None:
         return  # the in-memory checker serializes; big models are checked when written
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, ValueError) as exc:  # UnicodeDecodeError included
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"not a valid ONNX model: {first}") from exc
 
@@ -405,7 +442,10 @@ def dtype_name(elem_type: int) -> str:
         return _DTYPE_NAMES[elem_type]
     if elem_type == onnx.TensorProto.UNDEFINED:
         return "unknown"
-    return str(onnx.TensorProto.DataType.Name(elem_type)).lower()
+    try:
+        return str(onnx.TensorProto.DataType.Name(elem_type)).lower()
+    except ValueError:
+        return "unknown"  # not an ONNX element type; the checker says so
 
 
 def spec_from_value_info(vi: onnx.ValueInfoProto) -> TensorSpec:
@@ -430,8 +470,9 @@ def spec_from_value_info(vi: onnx.ValueInfoProto) -> TensorSpec:
 
 
 def is_sendable(spec: TensorSpec) -> bool:
-    """Whether a tensor of this spec can cross a cut: a typed, non-string tensor."""
-    return not spec.dtype.startswith("<") and spec.dtype not in ("unknown", "str")
+    """Whether a tensor of this spec can cross a cut: a typed, non-string tensor of known rank."""
+    known = not spec.dtype.startswith("<") and spec.dtype not in ("unknown", "str")
+    return known and spec.shape is not None
 
 
 def _value_specs(graph: onnx.GraphProto) -> dict[str, TensorSpec]:

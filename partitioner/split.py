@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 from onnx import helper
@@ -169,8 +170,10 @@ def write_artifacts(
     out_dir: str | Path,
     *,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    plan: dict[str, Any] | None = None,
 ) -> Manifest:
-    """Write the full model, each cut's head and tail, and ``manifest.json``."""
+    """Write the full model, each cut's head and tail, and ``manifest.json``
+    (with ``plan``, the plan the cuts come from, when given)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_model(graph.model, out / FULL_MODEL_NAME, external_data_threshold=external_data_threshold)
@@ -202,6 +205,7 @@ def write_artifacts(
         inputs=tuple(graph.spec(i) for i in graph.inputs),
         outputs=tuple(graph.spec(o) for o in graph.outputs),
         cuts=tuple(written),
+        plan=plan,
     )
     save_manifest(manifest, out)
     return manifest

@@ -27,16 +27,19 @@ def verify_artifacts(
     directory: str | Path,
     manifest: Manifest,
     feeds: Mapping[str, np.ndarray] | None = None,
+    *,
+    reference: str | Path | None = None,
 ) -> list[Verdict]:
-    """Run the full model and head -> tail of every cut on ``feeds`` (example inputs
-    by default) with graph optimizations and prepacking off, and compare outputs.
+    """Run ``reference`` (the model file the user gave; the normalized full model by
+    default) and head -> tail of every cut on ``feeds`` (example inputs by default)
+    with graph optimizations and prepacking off, and compare outputs.
 
     In that mode every node runs the same kernel on the same input on both
     paths, so anything but bit-exact equality is a defect.
     """
     root = Path(directory)
     feeds = dict(feeds) if feeds is not None else example_feeds(manifest.inputs, batch=2)
-    expected = run_session(make_session(root / manifest.full, EXACT), feeds)
+    expected = run_session(make_session(reference or root / manifest.full, EXACT), feeds)
     verdicts = []
     for cut in manifest.cuts:
         got = CutRunner(root, manifest, cut, EXACT).run(feeds)

@@ -141,6 +141,7 @@ class Manifest:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     cuts: tuple[CutArtifact, ...] = field(default=())
+    plan: dict[str, Any] | None = None  # the PLAN.json the cuts came from, if any
 
     def cut(self, cut_id: str) -> CutArtifact:
         for cut in self.cuts:
@@ -158,6 +159,7 @@ class Manifest:
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
             "cuts": [c.to_json() for c in self.cuts],
+            "plan": self.plan,
         }
 
     @classmethod
@@ -174,6 +176,7 @@ class Manifest:
             inputs=tuple(TensorSpec.from_json(s) for s in obj["inputs"]),
             outputs=tuple(TensorSpec.from_json(s) for s in obj["outputs"]),
             cuts=tuple(CutArtifact.from_json(c) for c in obj["cuts"]),
+            plan=obj.get("plan"),
         )
 
 

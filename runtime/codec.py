@@ -106,6 +106,18 @@ class CodecSpec:
             text += f"/axis{self.axis}"
         return text
 
+    @classmethod
+    def parse(cls, label: str, *, level: int = 3) -> CodecSpec:
+        """The inverse of :attr:`label`: ``"int8+zstd/axis1"`` -> CodecSpec."""
+        name, _, axis_text = label.partition("/axis")
+        shuffle = name.endswith("+shuffle")
+        codec = Codec.parse(name.removesuffix("+shuffle"))
+        try:
+            axis = int(axis_text) if axis_text else None
+        except ValueError:
+            raise CodecError(f"bad codec label {label!r}: the axis must be an integer") from None
+        return cls(codec=codec, level=level, shuffle=shuffle, axis=axis)
+
 
 @dataclass(frozen=True)
 class Encoded:

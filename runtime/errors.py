@@ -13,6 +13,8 @@ message and exit status 2.
     ├── CutError            a cut that does not exist or does not separate the graph
     ├── ArtifactError       an artifact directory or manifest that is missing or broken
     ├── CodecError          an unknown codec, or a payload that does not decode to its tensor
+    ├── ProfileError        a profile that is malformed, of another model, or inconsistent
+    ├── PlanError           a plan that cannot be made or read (no allowed cut, bad link)
     └── ExportError         a PyTorch module that could not be exported to ONNX
 """
 
@@ -45,6 +47,14 @@ class ArtifactError(SplitInferError):
 
 class CodecError(SplitInferError):
     """An unknown codec, a dtype it cannot carry, or a corrupted, truncated or oversized payload."""
+
+
+class ProfileError(SplitInferError):
+    """A profile that is malformed, was taken of another model, or has impossible numbers."""
+
+
+class PlanError(SplitInferError):
+    """A plan that cannot be made (nothing allowed) or read (malformed, another model)."""
 
 
 class ExportError(SplitInferError):

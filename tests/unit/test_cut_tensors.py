@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from onnx import helper
 
 from partitioner import ModelGraph, cut_from_tensors, enumerate_cuts, resolve_cut, write_artifacts
 from runtime.errors import CutError
@@ -94,3 +95,47 @@ def test_an_explicit_list_matching_an_enumerated_cut_gets_its_id():
     graph = ModelGraph.load(FAMILIES["inception"]())
     cut = next(c for c in enumerate_cuts(graph) if len(c.tensors) == 4)
     assert cut_from_tensors(graph, list(reversed(cut.tensor_names))).id == cut.id
+
+
+def _split_concat():
+    """x -> Relu -> a -> Split -> s0, s1; Concat(Neg(s0), Abs(s1)) -> y."""
+    b = Builder("split_concat")
+    x = b.input("x", ["N", 4])
+    a = b.op("Relu", [x])
+    s0, s1 = b.multi("Split", [a], 2, axis=1, num_outputs=2)
+    b.output(b.op("Concat", [b.op("Neg", [s0]), b.op("Abs", [s1])], axis=1))
+    return b.model(opset=18), a, s0, s1
+
+
+def test_a_tensor_that_feeds_other_cut_tensors_is_named_first():
+    model, a, _, s1 = _split_concat()
+    graph = ModelGraph.load(model)
+    for names in (["x", s1], [a, s1]):
+        with pytest.raises(CutError, match=f"tensor '{names[0]}' is read only on the device side"):
+            cut_from_tensors(graph, names)
+
+
+def test_half_of_a_split_names_the_other_half():
+    model, _, s0, s1 = _split_concat()
+    graph = ModelGraph.load(model)
+    with pytest.raises(CutError, match=f"needs '{s0}', which is made on the device side"):
+        cut_from_tensors(graph, [s1])
+    assert cut_from_tensors(graph, [s0, s1]).tensor_names == (s0, s1)
+
+
+def test_an_unused_input_is_called_an_input():
+    b = Builder("unused")
+    b.input("u", ["N", 2])
+    b.output(b.op("Relu", [b.input("x", ["N", 2])]))
+    graph = ModelGraph.load(b.model())
+    with pytest.raises(CutError, match="an input no node reads"):
+        cut_from_tensors(graph, ["u"])
+
+
+def test_a_tensor_name_with_a_comma_can_be_cut():
+    b = Builder("commas")
+    x = b.input("x", ["N", 2])
+    b.nodes.append(helper.make_node("Relu", [x], ["a,b"]))
+    b.output(b.op("Neg", ["a,b"]))
+    graph = ModelGraph.load(b.model())
+    assert resolve_cut(graph, "a,b").tensor_names == ("a,b",)

@@ -231,3 +231,81 @@ def test_a_classifier_with_a_sequence_of_maps_output_splits_before_it(tmp_path):
         got = CutRunner(tmp_path, manifest, cut, SessionOptions(optimize=False)).run(feeds)
         np.testing.assert_array_equal(got[label], expected[label])
         assert got["probabilities"] == expected["probabilities"]
+
+
+def test_a_tensor_of_unknown_rank_is_not_taken_for_a_scalar(tmp_path):
+    # Reshape to a shape given at run time: nobody knows y's rank before running
+    model = _raw(
+        [
+            helper.make_node("Reshape", ["x", "s"], ["y"]),
+            helper.make_node("Shape", ["y"], ["shape"]),
+        ],
+        inputs=(),
+        outputs=(),
+    )
+    model.graph.input.extend(
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]),
+            helper.make_tensor_value_info("s", TensorProto.INT64, [None]),
+        ]
+    )
+    model.graph.output.append(helper.make_tensor_value_info("shape", TensorProto.INT64, [None]))
+    graph = ModelGraph.load(model)
+    assert graph.spec("y").shape is None
+    assert "Shape" in {n.proto.op_type for n in graph.nodes}, "never folded to a constant"
+    _, manifest = split_all(model, tmp_path)
+    feeds: dict[str, np.ndarray] = {"x": np.zeros((2, 6), np.float32), "s": np.array([3, 4])}
+    for cut in manifest.cuts:
+        got = CutRunner(tmp_path, manifest, cut, SessionOptions(optimize=False)).run(feeds)
+        assert got["shape"].tolist() == [3, 4]
+        assert "y" not in [t.name for t in cut.tensors], "a tensor of unknown rank cannot cross"
+
+
+def test_opset_8_shapes_are_not_folded_into_int64_constants(tmp_path):
+    model = _raw(
+        [
+            helper.make_node("Relu", ["x"], ["a"]),
+            helper.make_node("Shape", ["a"], ["s"]),
+            helper.make_node("Reshape", ["a", "s"], ["y"]),
+        ]
+    )
+    model.opset_import[0].version = 8
+    model.ir_version = 3
+    onnx.checker.check_model(model, full_check=True)
+    _, manifest = split_all(model, tmp_path)
+    for path in [manifest.full, *(p for c in manifest.cuts for p in (c.head, c.tail) if p)]:
+        onnx.checker.check_model(str(tmp_path / path), full_check=True)
+    assert_recomposes(model, tmp_path, manifest)
+
+
+def test_an_invalid_element_type_is_a_model_error():
+    model = _raw([helper.make_node("Relu", ["x"], ["y"])])
+    model.graph.input[0].type.tensor_type.elem_type = 72
+    with pytest.raises(ModelError):
+        ModelGraph.load(model)
+
+
+def test_bytes_that_are_not_utf8_in_a_name_are_a_model_error(tmp_path):
+    model = _raw([helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.1)])
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString().replace(b"alpha", b"alph\x82"))
+    with pytest.raises(ModelError):
+        ModelGraph.load(path)
+
+
+def test_a_node_reading_its_own_output_is_a_cycle():
+    model = _raw([helper.make_node("Add", ["x", "y"], ["y"], name="loop")])
+    with pytest.raises(ModelError, match="cycle: node Add 'loop' reads its own output"):
+        ModelGraph.load(model)
+
+
+def test_the_cycle_error_names_a_node_on_the_cycle():
+    model = _raw(
+        [
+            helper.make_node("Add", ["a", "x"], ["y"], name="after"),
+            helper.make_node("Relu", ["b"], ["a"], name="relu"),
+            helper.make_node("Neg", ["a"], ["b"], name="neg"),
+        ]
+    )
+    with pytest.raises(ModelError, match=r"cycle through node (Relu 'relu'|Neg 'neg')"):
+        ModelGraph.load(model)

@@ -1,0 +1,592 @@
+"""The cost model and the planner: which cut and codec for a device, a cloud and a link.
+
+For one request, cut *c* and codec *k* (DESIGN.md)::
+
+    T = edge(head_c) + enc_k + bytes_k(c) / uplink + RTT + cloud(tail_c) + dec_k
+        + bytes(outputs of the tail) / downlink
+
+with the edge profile's head and encode times and the cloud profile's tail and
+decode times. Edge-only pays only edge(full model); cloud-only has no head.
+
+Every profiled candidate is priced from its measurements. On top, for each
+lossless codec, a minimum s–t cut (partitioner.mincut) finds the optimum of
+the additive model over *every* cut of the DAG, with per-node costs taken from
+nested profiled heads; a cut it finds that was not profiled joins the
+candidates, priced by the additive model and marked so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from partitioner.cuts import CLOUD_ONLY, EDGE_ONLY, Cut, cut_from_tensors, enumerate_cuts
+from partitioner.graph import ModelGraph, members
+from partitioner.mincut import CutCosts, optimal_cut
+from partitioner.profile import Profile
+from partitioner.split import model_sha256
+from runtime.codec import Codec, CodecSpec
+from runtime.errors import CodecError, PlanError, ProfileError
+
+PLAN_FORMAT = 1
+PLAN_KIND = "splitinfer-plan"
+SWEEP_UPLINKS_MBIT = tuple(round(10 ** (e / 10), 4) for e in range(-10, 31))  # 0.1 .. 1000
+SWEEP_RTTS_MS = (5.0, 20.0, 40.0, 100.0)
+
+
+# --------------------------------------------------------------------------- units
+
+
+_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+_RATE = re.compile(_NUMBER + r"\s*([kKmMgGtT]?)(bits?|b|B|bps|Bps|bytes?)(/s|ps)?")
+_TIME = re.compile(_NUMBER + r"\s*(us|µs|ms|s)?", re.I)
+_PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def parse_rate(text: str) -> float:
+    """``"10mbit"``, ``"1.5gbit"``, ``"100 kbps"``, ``"2MB/s"`` -> bits per second."""
+    match = _RATE.fullmatch(text.strip())
+    if not match:
+        raise ValueError(
+            f"bad rate {text!r}: expected a number and a unit, like 10mbit, 1.5gbit or 2MB/s"
+        )
+    value, prefix, unit = float(match.group(1)), match.group(2), match.group(3)
+    bits = value * _PREFIX[prefix.lower()]
+    if unit.startswith(("B", "byte")):  # B, Bps, byte(s): bytes; b, bit(s), bps: bits
+        bits *= 8
+    if bits <= 0:
+        raise ValueError(f"bad rate {text!r}: it must be positive")
+    return bits
+
+
+def parse_duration_ms(text: str) -> float:
+    """``"40ms"``, ``"0.1s"``, ``"250us"`` -> milliseconds (a bare number is ms)."""
+    match = _TIME.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"bad duration {text!r}: expected a number and a unit, like 40ms or 0.1s")
+    value, unit = float(match.group(1)), (match.group(2) or "ms").lower()
+    return value * {"us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+@dataclass(frozen=True)
+class Link:
+    """A link as the cost model sees it."""
+
+    uplink_bps: float
+    rtt_ms: float
+    downlink_bps: float | None = None  # None: as fast as the uplink
+
+    def __post_init__(self) -> None:
+        if not self.uplink_bps > 0 or (self.downlink_bps is not None and not self.downlink_bps > 0):
+            raise PlanError("link rates must be positive")
+        if not self.rtt_ms >= 0:
+            raise PlanError("the round-trip time cannot be negative")
+
+    def up_ms(self, nbytes: float) -> float:
+        return nbytes * 8 / self.uplink_bps * 1000.0
+
+    def down_ms(self, nbytes: float) -> float:
+        return nbytes * 8 / (self.downlink_bps or self.uplink_bps) * 1000.0
+
+    def describe(self) -> str:
+        text = f"uplink {self.uplink_bps / 1e6:g} Mbit/s, RTT {self.rtt_ms:g} ms"
+        if self.downlink_bps:
+            text += f", downlink {self.downlink_bps / 1e6:g} Mbit/s"
+        return text
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The cost model's breakdown for one (cut, codec), per request, in ms."""
+
+    cut: str
+    codec: str
+    tensors: tuple[str, ...]
+    edge_ms: float
+    encode_ms: float
+    transfer_ms: float
+    rtt_ms: float
+    cloud_ms: float
+    decode_ms: float
+    return_ms: float
+    bytes: float
+    error: float | None = None  # relative L2 error of the outputs, for lossy codecs
+    source: str = "measured"  # or "min-cut": priced by the additive model
+
+    @property
+    def total_ms(self) -> float:
+        return (
+            self.edge_ms
+            + self.encode_ms
+            + self.transfer_ms
+            + self.rtt_ms
+            + self.cloud_ms
+            + self.decode_ms
+            + self.return_ms
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "predicted_ms": self.total_ms}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Constraints:
+    """What the user allows: codec names (None: all profiled), the output error bound
+    for lossy codecs (0: lossless only), and whether raw inputs may leave the device."""
+
+    codecs: frozenset[str] | None = None
+    max_error: float = 0.0
+    keep_input_on_device: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The planner's answer: the best prediction, every candidate, and why."""
+
+    best: Prediction
+    candidates: tuple[Prediction, ...]
+    link: Link
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "best": {
+                "cut": self.best.cut,
+                "codec": self.best.codec,
+                "predicted_ms": self.best.total_ms,
+            },
+            "link": asdict(self.link),
+            "reason": self.reason,
+            "candidates": [c.to_json() for c in self.candidates],
+        }
+
+
+class Planner:
+    """Prices cuts from an edge and a cloud profile of one model."""
+
+    def __init__(self, graph: ModelGraph, edge: Profile, cloud: Profile) -> None:
+        self.graph = graph
+        self.edge = edge
+        self.cloud = cloud
+        self._check_profiles()
+        self.cuts = {c.id: c for c in enumerate_cuts(graph, max_tensors=None)}
+        self.profiled = [c.id for c in edge.cuts if c.id in {k.id for k in cloud.cuts}]
+        self.edge_nodes = node_costs(graph, edge, self.cuts, side="head")
+        self.cloud_nodes = node_costs(graph, cloud, self.cuts, side="tail")
+
+    def _check_profiles(self) -> None:
+        sha = model_sha256(self.graph.model)
+        for profile in (self.edge, self.cloud):
+            if profile.sha256 != sha:
+                raise ProfileError(
+                    f"the {profile.device} profile was taken of another model "
+                    f"({profile.model}, sha256 {profile.sha256[:12]}…): profile {self.graph.name}"
+                )
+        if self.edge.batch != self.cloud.batch:
+            raise ProfileError(
+                f"the profiles use different batch sizes ({self.edge.batch} and "
+                f"{self.cloud.batch}): profile both with the same --batch"
+            )
+        all_cuts = {c.id: c for c in enumerate_cuts(self.graph, max_tensors=None)}
+        for profile in (self.edge, self.cloud):
+            for cut in profile.cuts:
+                known = all_cuts.get(cut.id)
+                if known is None or known.tensor_names != cut.tensors:
+                    raise ProfileError(
+                        f"the {profile.device} profile's cut {cut.id} does not match the model's "
+                        "cuts: profile this model again"
+                    )
+        for required in (CLOUD_ONLY, EDGE_ONLY):
+            for profile in (self.edge, self.cloud):
+                if required not in {c.id for c in profile.cuts}:
+                    raise ProfileError(f"the {profile.device} profile lacks the {required!r} cut")
+
+    # ---- pricing
+
+    def codec_labels(self, constraints: Constraints) -> list[str]:
+        labels = list(dict.fromkeys(k for c in self.edge.cuts for k in c.codecs))
+        if constraints.codecs is None:
+            return labels
+        wanted = set()
+        for name in constraints.codecs:
+            try:
+                wanted.add(Codec.parse(name))
+            except CodecError as exc:
+                raise PlanError(exc.message) from None
+        return [label for label in labels if CodecSpec.parse(label).codec in wanted]
+
+    def predict(self, cut_id: str, label: str, link: Link) -> Prediction | None:
+        """A measured cut priced with one codec; None when the codec cannot carry it."""
+        edge, cloud = self.edge.cut(cut_id), self.cloud.cut(cut_id)
+        if cut_id == EDGE_ONLY:
+            return Prediction(cut_id, "-", (), self.edge.full_ms.median_ms, 0, 0, 0, 0, 0, 0, 0.0)
+        up, down = edge.codecs.get(label), cloud.codecs.get(label)
+        if up is None or down is None:
+            return None
+        error = None
+        if CodecSpec.parse(label).codec.lossy:
+            measured = [p.errors[label].rel_l2 for p in (edge, cloud) if label in p.errors]
+            error = max(measured) if measured else math.inf
+        return Prediction(
+            cut=cut_id,
+            codec=label,
+            tensors=edge.tensors,
+            edge_ms=0.0 if edge.head_ms is None else edge.head_ms.median_ms,
+            encode_ms=up.encode_ms,
+            transfer_ms=link.up_ms(up.bytes),
+            rtt_ms=link.rtt_ms,
+            cloud_ms=0.0 if cloud.tail_ms is None else cloud.tail_ms.median_ms,
+            decode_ms=down.decode_ms,
+            return_ms=link.down_ms(cloud.output_bytes),
+            bytes=up.bytes,
+            error=error,
+        )
+
+    def allowed(self, prediction: Prediction, constraints: Constraints) -> bool:
+        if constraints.keep_input_on_device and set(prediction.tensors) & set(self.graph.inputs):
+            return False
+        return prediction.error is None or prediction.error <= constraints.max_error
+
+    def candidates(self, link: Link, constraints: Constraints = Constraints()) -> list[Prediction]:
+        """Every allowed (cut, codec), measured ones and min-cut ones."""
+        labels = self.codec_labels(constraints)
+        if not labels:
+            profiled = dict.fromkeys(k for c in self.edge.cuts for k in c.codecs)
+            raise PlanError(
+                f"none of the codecs {sorted(constraints.codecs or [])} is in the profiles; "
+                f"they have: {', '.join(profiled)}"
+            )
+        found = []
+        for cut_id in self.profiled:
+            for label in labels if cut_id != EDGE_ONLY else ["-"]:
+                prediction = self.predict(cut_id, label, link)
+                if prediction is not None and self.allowed(prediction, constraints):
+                    found.append(prediction)
+        found += self._min_cut_candidates(link, labels, constraints, {p.tensors for p in found})
+        return found
+
+    def _min_cut_candidates(
+        self,
+        link: Link,
+        labels: Sequence[str],
+        constraints: Constraints,
+        known: set[tuple[str, ...]],
+    ) -> list[Prediction]:
+        extra = []
+        for label in labels:
+            if CodecSpec.parse(label).codec.lossy:
+                continue  # their error is only known at profiled cuts
+            costs = self.cut_costs(link, label, constraints)
+            if costs is None:
+                continue
+            head = optimal_cut(self.graph, costs).head
+            crossing = tuple(self.graph.crossing(head))
+            if head in (0, self.graph.all_mask) or crossing in known:
+                continue
+            cut = cut_from_tensors(self.graph, list(crossing))
+            extra.append(self._additive_prediction(cut, label, link))
+        return extra
+
+    def cut_costs(self, link: Link, label: str, constraints: Constraints) -> CutCosts | None:
+        """The additive model for one codec, or None if a tensor lacks measurements."""
+        send = {}
+        for name in self.graph.consumers:
+            up = self.edge.tensors.get(name, {}).get(label)
+            down = self.cloud.tensors.get(name, {}).get(label)
+            if up is None or down is None:
+                send[name] = math.inf  # not measured, so never chosen
+                continue
+            forbidden = constraints.keep_input_on_device and name in self.graph.inputs
+            cost = up.encode_ms + link.up_ms(up.bytes) + down.decode_ms
+            send[name] = math.inf if forbidden else cost
+        receive = {o: link.down_ms(self._output_bytes(o)) for o in self.graph.outputs}
+        return CutCosts(self.edge_nodes, self.cloud_nodes, send, receive, link.rtt_ms)
+
+    def _output_bytes(self, name: str) -> float:
+        size = self.graph.spec(name).bytes_per_sample()
+        return float(size or 0) * self.edge.batch
+
+    def _additive_prediction(self, cut: Cut, label: str, link: Link) -> Prediction:
+        head = cut.head
+        edge = sum(self.edge_nodes[i] for i in members(head))
+        cloud = sum(self.cloud_nodes[i] for i in members(self.graph.all_mask & ~head))
+        parts = [self.edge.tensors[t][label] for t in cut.tensor_names]
+        downs = [self.cloud.tensors[t][label] for t in cut.tensor_names]
+        out = sum(self._output_bytes(o) for o in cut.tail_outputs)
+        return Prediction(
+            cut=cut.id,
+            codec=label,
+            tensors=cut.tensor_names,
+            edge_ms=edge,
+            encode_ms=sum(p.encode_ms for p in parts),
+            transfer_ms=link.up_ms(sum(p.bytes for p in parts)),
+            rtt_ms=link.rtt_ms,
+            cloud_ms=cloud,
+            decode_ms=sum(p.decode_ms for p in downs),
+            return_ms=link.down_ms(out),
+            bytes=sum(p.bytes for p in parts),
+            source="min-cut",
+        )
+
+    def choose(self, link: Link, constraints: Constraints = Constraints()) -> Choice:
+        """The least predicted latency among the allowed candidates."""
+        candidates = sorted(self.candidates(link, constraints), key=lambda p: p.total_ms)
+        if not candidates:
+            raise PlanError("no cut is allowed under these constraints")
+        best = candidates[0]
+        return Choice(best, tuple(candidates), link, _reason(best, candidates))
+
+
+def _reason(best: Prediction, candidates: Sequence[Prediction]) -> str:
+    local = next((c for c in candidates if c.cut == EDGE_ONLY), None)
+    cloud = min(
+        (c for c in candidates if c.cut == CLOUD_ONLY), key=lambda c: c.total_ms, default=None
+    )
+    parts = [f"{best.cut} with {best.codec} is predicted fastest at {best.total_ms:.1f} ms"]
+    if best.cut != EDGE_ONLY and local is not None:
+        parts.append(
+            f"{local.total_ms / best.total_ms:.2f}x faster than running it all on the device"
+        )
+    if best.cut != CLOUD_ONLY and cloud is not None:
+        parts.append(f"{cloud.total_ms / best.total_ms:.2f}x faster than cloud-only")
+    if best.cut not in (EDGE_ONLY, CLOUD_ONLY):
+        biggest = max(
+            ("device compute", best.edge_ms),
+            ("transfer", best.transfer_ms + best.encode_ms + best.decode_ms),
+            ("cloud compute", best.cloud_ms),
+            ("round trip", best.rtt_ms),
+            key=lambda kv: kv[1],
+        )
+        parts.append(f"its largest part is {biggest[0]} ({biggest[1]:.1f} ms)")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- per-node costs
+
+
+def node_costs(
+    graph: ModelGraph, profile: Profile, cuts: dict[str, Cut], *, side: str
+) -> list[float]:
+    """Additive per-node times for one side, from nested profiled heads.
+
+    Along the longest chain of profiled heads each containing the last, the
+    time a step adds (head side) or removes (tail side) is spread evenly over
+    the nodes it adds. Where the profile has every prefix of a topological
+    order, each step is one node and the costs are exact.
+    """
+    timed = []
+    for cut in profile.cuts:
+        timing = cut.head_ms if side == "head" else cut.tail_ms
+        if cut.id == EDGE_ONLY and side == "head":
+            timing = profile.full_ms
+        value = 0.0 if timing is None else timing.median_ms
+        timed.append((cuts[cut.id].head, value))
+    timed.sort(key=lambda hv: (hv[0].bit_count(), hv[0]))
+    chain = [(0, 0.0 if side == "head" else _time_of(timed, 0))]
+    for head, value in timed:
+        if head != chain[-1][0] and head & chain[-1][0] == chain[-1][0]:
+            chain.append((head, value))
+    if chain[-1][0] != graph.all_mask:
+        chain.append((graph.all_mask, profile.full_ms.median_ms if side == "head" else 0.0))
+    costs = [0.0] * len(graph.nodes)
+    for (before, t0), (after, t1) in itertools.pairwise(chain):
+        added = members(after & ~before)
+        step = max(0.0, (t1 - t0) if side == "head" else (t0 - t1))
+        for i in added:
+            costs[i] = step / len(added)
+    return costs
+
+
+def _time_of(timed: Iterable[tuple[int, float]], head: int) -> float:
+    return next((value for h, value in timed if h == head), 0.0)
+
+
+# --------------------------------------------------------------------------- sweeps and plans
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Over ``[uplink_from, uplink_to]`` Mbit/s at one RTT, this (cut, codec) is best."""
+
+    rtt_ms: float
+    uplink_from_mbit: float
+    uplink_to_mbit: float
+    cut: str
+    codec: str
+    predicted_ms: float  # at uplink_from
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the runtime needs: a few cuts, and which one to use on which link."""
+
+    model: str
+    sha256: str
+    constraints: dict[str, Any]
+    cuts: tuple[dict[str, Any], ...]  # {"id", "tensors", "codecs"}
+    segments: tuple[Segment, ...]
+    default: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": PLAN_FORMAT,
+            "kind": PLAN_KIND,
+            "model": self.model,
+            "sha256": self.sha256,
+            "constraints": self.constraints,
+            "cuts": list(self.cuts),
+            "segments": [asdict(s) for s in self.segments],
+            "default": self.default,
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+
+def sweep(
+    planner: Planner,
+    constraints: Constraints = Constraints(),
+    *,
+    uplinks_mbit: Sequence[float] = SWEEP_UPLINKS_MBIT,
+    rtts_ms: Sequence[float] = SWEEP_RTTS_MS,
+    downlink_bps: float | None = None,
+    tolerance: float = 0.03,
+    default: Link | None = None,
+) -> Plan:
+    """The best (cut, codec) over a grid of links, reduced to few cuts.
+
+    A cut is dropped while every grid point can still be served by the kept
+    cuts within ``tolerance`` of its best latency; edge-only is always kept.
+    """
+    grid: dict[tuple[float, float], list[Prediction]] = {}
+    for rtt in rtts_ms:
+        for up in uplinks_mbit:
+            link = Link(up * 1e6, rtt, downlink_bps)
+            grid[(rtt, up)] = sorted(
+                planner.candidates(link, constraints), key=lambda p: p.total_ms
+            )
+    kept = {p.cut for options in grid.values() for p in options[:1]} | {EDGE_ONLY}
+    kept = _prune(grid, kept, tolerance)
+    segments: list[Segment] = []
+    for rtt in rtts_ms:
+        for up in uplinks_mbit:
+            best = next(p for p in grid[(rtt, up)] if p.cut in kept)
+            last = segments[-1] if segments else None
+            if last and last.rtt_ms == rtt and (last.cut, last.codec) == (best.cut, best.codec):
+                segments[-1] = replace(last, uplink_to_mbit=up)
+            else:
+                segments.append(Segment(rtt, up, up, best.cut, best.codec, best.total_ms))
+    cuts = []
+    for cut_id in sorted(
+        kept, key=lambda c: planner.cuts[c].head_nodes if c in planner.cuts else 0
+    ):
+        codecs = sorted({s.codec for s in segments if s.cut == cut_id})
+        tensors = next(p.tensors for options in grid.values() for p in options if p.cut == cut_id)
+        cuts.append({"id": cut_id, "tensors": list(tensors), "codecs": codecs})
+    default_json: dict[str, Any] = {}
+    if default is not None:
+        choice = planner.choose(default, constraints)
+        default_json = {
+            "link": asdict(default),
+            "cut": choice.best.cut,
+            "codec": choice.best.codec,
+            "predicted_ms": choice.best.total_ms,
+        }
+    return Plan(
+        model=planner.graph.name,
+        sha256=model_sha256(planner.graph.model),
+        constraints={
+            "codecs": sorted(constraints.codecs) if constraints.codecs else None,
+            "max_error": constraints.max_error,
+            "keep_input_on_device": constraints.keep_input_on_device,
+            "tolerance": tolerance,
+        },
+        cuts=tuple(cuts),
+        segments=tuple(segments),
+        default=default_json,
+    )
+
+
+def _prune(grid: dict[Any, list[Prediction]], kept: set[str], tolerance: float) -> set[str]:
+    def worst_regret(cuts: set[str]) -> float:
+        regret = 0.0
+        for options in grid.values():
+            best = options[0].total_ms
+            mine = next((p.total_ms for p in options if p.cut in cuts), math.inf)
+            regret = max(regret, mine / best - 1.0 if best > 0 else 0.0)
+        return regret
+
+    while True:
+        trial = [(worst_regret(kept - {c}), c) for c in sorted(kept) if c != EDGE_ONLY]
+        trial = [t for t in trial if t[0] <= tolerance]
+        if not trial:
+            return kept
+        kept = kept - {min(trial)[1]}
+
+
+def load_plan(path: str | Path, graph: ModelGraph | None = None) -> Plan:
+    """Read a PLAN.json; with ``graph``, check it was made for that model."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"{path}: not a JSON plan ({exc})") from exc
+    if (
+        not isinstance(raw, dict)
+        or raw.get("kind") != PLAN_KIND
+        or raw.get("format") != PLAN_FORMAT
+    ):
+        raise PlanError(f"{path}: not a splitinfer plan (format {PLAN_FORMAT})")
+    try:
+        plan = Plan(
+            model=str(raw["model"]),
+            sha256=str(raw["sha256"]),
+            constraints=dict(raw["constraints"]),
+            cuts=tuple(
+                {
+                    "id": str(c["id"]),
+                    "tensors": [str(t) for t in c["tensors"]],
+                    "codecs": list(c["codecs"]),
+                }
+                for c in raw["cuts"]
+            ),
+            segments=tuple(Segment(**s) for s in raw["segments"]),
+            default=dict(raw.get("default", {})),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PlanError(f"{path}: malformed plan: missing or bad field {exc}") from exc
+    if graph is not None and plan.sha256 != model_sha256(graph.model):
+        raise PlanError(
+            f"{path} was made for another model ({plan.model}); plan {graph.name} again"
+        )
+    return plan
+
+
+def plan_cuts(graph: ModelGraph, plan: Plan) -> list[Cut]:
+    """The cuts a plan names, resolved on the model (ids, else the tensors they send)."""
+    known = {c.id: c for c in enumerate_cuts(graph, max_tensors=None)}
+    cuts = []
+    for entry in plan.cuts:
+        cut = known.get(entry["id"])
+        if cut is None or list(cut.tensor_names) != entry["tensors"]:
+            if not entry["tensors"]:
+                raise PlanError(f"plan cut {entry['id']!r} is not a cut of this model")
+            cut = cut_from_tensors(graph, entry["tensors"], cut_id=entry["id"])
+        cuts.append(cut)
+    return cuts
+
+
+def plan_digest(plan: Plan) -> str:
+    return hashlib.sha256(json.dumps(plan.to_json(), sort_keys=True).encode()).hexdigest()[:12]

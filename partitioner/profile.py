@@ -1,0 +1,522 @@
+"""Measure a model on this machine: what every candidate cut costs.
+
+A profile is one device's view: head and tail latency of every candidate cut
+(timed on the extracted head and tail models themselves, since ONNX Runtime's
+per-node profile names its fused graph, not ours), the full model's latency,
+and for every tensor that can cross a cut its bytes and, per codec, encoded
+bytes and encode/decode time on real activations. For lossy codecs it records
+the error they cause in the model's outputs at each cut. ``slowdown`` stands
+for a device that many times slower: every time in the profile is multiplied
+by it, and the profile says so.
+
+One profile per device (``edge``, ``cloud``); the planner reads the edge's head
+and encode times and the cloud's tail and decode times.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from partitioner.cuts import Cut, enumerate_cuts
+from partitioner.graph import ModelGraph, is_sendable
+from partitioner.split import model_sha256, submodel, write_artifacts
+from runtime.codec import Codec, CodecSpec, decode, encode, encoded_size
+from runtime.engine import CutRunner, SessionOptions, make_session, run_session
+from runtime.errors import ProfileError, SplitInferError
+
+PROFILE_FORMAT = 1
+PROFILE_KIND = "splitinfer-profile"
+
+DEFAULT_CODECS = (
+    CodecSpec(codec=Codec.RAW),
+    CodecSpec(codec=Codec.ZSTD, level=1),
+    CodecSpec(codec=Codec.ZSTD, level=1, shuffle=True),
+    CodecSpec(codec=Codec.FP16_ZSTD, level=1, shuffle=True),
+    CodecSpec(codec=Codec.INT8_ZSTD, level=1),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileOptions:
+    """How to measure. Times are per request of ``batch`` samples."""
+
+    device: str = "edge"
+    threads: int = 1
+    slowdown: float = 1.0
+    batch: int = 1
+    warmup: int = 3
+    repeats: int = 15
+    codecs: tuple[CodecSpec, ...] = DEFAULT_CODECS
+    max_tensors: int | None = 8
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    p90_ms: float
+
+
+@dataclass(frozen=True)
+class CodecCost:
+    """Per request: bytes on the wire and the time to encode and to decode them."""
+
+    bytes: float
+    encode_ms: float
+    decode_ms: float
+
+
+@dataclass(frozen=True)
+class OutputError:
+    """What a lossy codec at a cut does to the model's outputs (worst output)."""
+
+    max_abs: float
+    rel_l2: float
+    top1: float | None  # agreement of the arg-max, when outputs look like class scores
+
+
+@dataclass(frozen=True)
+class CutProfile:
+    id: str
+    tensors: tuple[str, ...]
+    head_nodes: int
+    head_ms: Timing | None
+    tail_ms: Timing | None
+    bytes: float  # raw bytes per request
+    output_bytes: float  # bytes of the outputs the tail returns, per request
+    codecs: dict[str, CodecCost]
+    errors: dict[str, OutputError] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Profile:
+    model: str
+    sha256: str
+    device: str
+    machine: dict[str, Any]
+    ort_version: str
+    threads: int
+    slowdown: float
+    batch: int
+    samples: int
+    full_ms: Timing
+    cuts: tuple[CutProfile, ...]
+    tensors: dict[str, dict[str, CodecCost]]  # per tensor, per codec label
+
+    def cut(self, cut_id: str) -> CutProfile:
+        for cut in self.cuts:
+            if cut.id == cut_id:
+                return cut
+        raise ProfileError(f"the {self.device} profile has no cut {cut_id!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["cuts"] = [asdict(c) for c in self.cuts]
+        return {"format": PROFILE_FORMAT, "kind": PROFILE_KIND, **body}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def calibration_feeds(
+    graph: ModelGraph, *, calib: Path | None = None, samples: int = 4, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Calibration inputs, batched along axis 0.
+
+    From ``calib``: one ``<input name>.npy`` per model input, or for a one-input
+    model any ``*.npy`` files, concatenated. Otherwise ``samples`` example
+    inputs (normal floats, zero integers).
+    """
+    if calib is None:
+        from runtime.engine import example_feeds
+
+        return example_feeds([graph.spec(i) for i in graph.inputs], batch=samples, seed=seed)
+    if not calib.is_dir():
+        raise SplitInferError(f"{calib}: not a directory of .npy files")
+    feeds = {}
+    for name in graph.inputs:
+        path = calib / f"{name}.npy"
+        if path.exists():
+            feeds[name] = np.load(path)
+    if not feeds and len(graph.inputs) == 1:
+        files = sorted(calib.glob("*.npy"))
+        if files:
+            feeds[graph.inputs[0]] = np.concatenate([np.load(f) for f in files])
+    missing = [i for i in graph.inputs if i not in feeds]
+    if missing:
+        raise SplitInferError(
+            f"{calib}: no calibration data for input {missing[0]!r} (expected {missing[0]}.npy)"
+        )
+    counts = {len(a) for a in feeds.values()}
+    if len(counts) != 1:
+        raise SplitInferError(f"{calib}: inputs have different sample counts {sorted(counts)}")
+    for name, array in feeds.items():
+        spec = graph.spec(name)
+        if array.dtype.name != spec.dtype:
+            raise SplitInferError(
+                f"{calib}/{name}.npy has dtype {array.dtype}, the model expects {spec.dtype}"
+            )
+    return feeds
+
+
+def _batches(feeds: Mapping[str, np.ndarray], batch: int) -> list[dict[str, np.ndarray]]:
+    count = len(next(iter(feeds.values())))
+    out = []
+    for start in range(0, count - batch + 1, batch):
+        out.append({k: v[start : start + batch] for k, v in feeds.items()})
+    if not out:
+        raise SplitInferError(f"calibration data has {count} samples, fewer than --batch {batch}")
+    return out
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def time_call(call: Callable[[], object], *, warmup: int, repeats: int) -> Timing:
+    """Median and 90th percentile of ``repeats`` calls after ``warmup`` calls, in ms."""
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return Timing(float(np.median(samples)), float(np.percentile(samples, 90)))
+
+
+def _scaled(t: Timing, k: float) -> Timing:
+    return Timing(t.median_ms * k, t.p90_ms * k)
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int, label: str, *, stream: Any = None) -> None:
+        self.total = max(total, 1)
+        self.label = label
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+
+    def step(self, what: str = "") -> None:
+        self.done += 1
+        width = 30
+        filled = width * self.done // self.total
+        bar = "#" * filled + "." * (width - filled)
+        line = f"{self.label} [{bar}] {self.done}/{self.total}"
+        if self.stream.isatty():
+            end = "\n" if self.done >= self.total else ""
+            self.stream.write(f"\r{line} {what[:30]:<30}{end}")
+        elif self.done * 4 // self.total != (self.done - 1) * 4 // self.total:
+            self.stream.write(line + "\n")  # a log file gets a line every quarter
+        self.stream.flush()
+
+
+def profile_model(
+    graph: ModelGraph,
+    feeds: Mapping[str, np.ndarray],
+    options: ProfileOptions = ProfileOptions(),
+    *,
+    cuts: Sequence[Cut] | None = None,
+    progress: bool = True,
+) -> Profile:
+    """Measure every cut of ``graph`` (candidates by default) on this machine."""
+    cuts = (
+        list(cuts) if cuts is not None else enumerate_cuts(graph, max_tensors=options.max_tensors)
+    )
+    batches = _batches(feeds, options.batch)
+    session_options = SessionOptions(threads=options.threads)
+    with tempfile.TemporaryDirectory(prefix="splitinfer-profile-") as tmp:
+        manifest = write_artifacts(graph, cuts, tmp)
+        # every tensor some node reads: any of them can cross a cut the min-cut finds
+        names = [t for t in graph.consumers if is_sendable(graph.spec(t))]
+        activations = _activations(graph, names, Path(tmp), batches)
+        bar = (
+            Progress(len(manifest.cuts) + 2, f"profiling ({options.device})") if progress else None
+        )
+        full = make_session(Path(tmp) / manifest.full, session_options)
+        full_ms = time_call(
+            lambda: run_session(full, batches[0]), warmup=options.warmup, repeats=options.repeats
+        )
+        if bar:
+            bar.step("full model")
+        tensor_costs = _tensor_codec_costs(activations, names, options)
+        if bar:
+            bar.step("codecs")
+        cut_profiles = []
+        for cut in manifest.cuts:
+            runner = CutRunner(tmp, manifest, cut, session_options)
+            cut_profiles.append(_profile_cut(graph, runner, activations, tensor_costs, options))
+            if bar:
+                bar.step(cut.id)
+    k = options.slowdown
+    return Profile(
+        model=graph.name,
+        sha256=model_sha256(graph.model),
+        device=options.device,
+        machine=_machine(),
+        ort_version=ort.__version__,
+        threads=options.threads,
+        slowdown=k,
+        batch=options.batch,
+        samples=sum(len(next(iter(b.values()))) for b in batches),
+        full_ms=_scaled(full_ms, k),
+        cuts=tuple(cut_profiles),
+        tensors={
+            name: {label: _scaled_cost(c, k) for label, c in per.items()}
+            for name, per in tensor_costs.items()
+        },
+    )
+
+
+def _machine() -> dict[str, Any]:
+    import os
+
+    return {
+        "node": platform.node(),
+        "system": platform.system(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def _scaled_cost(cost: CodecCost, k: float) -> CodecCost:
+    return CodecCost(cost.bytes, cost.encode_ms * k, cost.decode_ms * k)
+
+
+def _activations(
+    graph: ModelGraph, names: Sequence[str], directory: Path, batches: list[dict[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]]:
+    """The tensors ``names`` and the model outputs, for each batch."""
+    outputs = list(dict.fromkeys([*graph.outputs, *[t for t in names if t in graph.producer]]))
+    probe = submodel(graph, graph.all_mask, outputs, f"{graph.name}_probe")
+    from partitioner.split import save_model
+
+    path = save_model(probe, directory / "probe.onnx", check=False)
+    session = make_session(path, SessionOptions(optimize=False))
+    result = []
+    for batch in batches:
+        values = run_session(session, batch)
+        result.append({**batch, **values})
+    return result
+
+
+def _tensor_codec_costs(
+    activations: list[dict[str, np.ndarray]], names: Sequence[str], options: ProfileOptions
+) -> dict[str, dict[str, CodecCost]]:
+    costs: dict[str, dict[str, CodecCost]] = {}
+    for name in names:
+        per: dict[str, CodecCost] = {}
+        for spec in options.codecs:
+            if not spec.codec.accepts(activations[0][name].dtype.name):
+                continue
+            sizes, enc, dec = [], [], []
+            for values in activations:
+                array = values[name]
+                start = time.perf_counter()
+                encoded = encode(array, spec)
+                middle = time.perf_counter()
+                decode(encoded)
+                enc.append((middle - start) * 1000.0)
+                dec.append((time.perf_counter() - middle) * 1000.0)
+                sizes.append(encoded_size(encoded))
+            per[spec.label] = CodecCost(
+                float(np.mean(sizes)), float(np.median(enc)), float(np.median(dec))
+            )
+        costs[name] = per
+    return costs
+
+
+def _profile_cut(
+    graph: ModelGraph,
+    runner: CutRunner,
+    activations: list[dict[str, np.ndarray]],
+    tensor_costs: Mapping[str, Mapping[str, CodecCost]],
+    options: ProfileOptions,
+) -> CutProfile:
+    cut = runner.cut
+    first = activations[0]
+    head_ms = tail_ms = None
+    if runner.head is not None:
+        head = runner.head
+        head_ms = time_call(
+            lambda: run_session(head, first), warmup=options.warmup, repeats=options.repeats
+        )
+    sent = {t.name: first[t.name] for t in cut.tensors}
+    if runner.tail is not None:
+        tail = runner.tail
+        tail_ms = time_call(
+            lambda: run_session(tail, sent), warmup=options.warmup, repeats=options.repeats
+        )
+    k = options.slowdown
+    labels = [s.label for s in options.codecs]
+    codecs = {}
+    for label in labels:
+        parts = [tensor_costs[t.name].get(label) for t in cut.tensors]
+        if all(p is not None for p in parts):
+            codecs[label] = CodecCost(
+                sum(p.bytes for p in parts if p),
+                sum(p.encode_ms for p in parts if p) * k,
+                sum(p.decode_ms for p in parts if p) * k,
+            )
+    errors = {}
+    for spec in options.codecs:
+        if spec.codec.lossy and spec.label in codecs and runner.tail is not None:
+            errors[spec.label] = _output_error(runner, activations, spec)
+    return CutProfile(
+        id=cut.id,
+        tensors=tuple(t.name for t in cut.tensors),
+        head_nodes=cut.head_nodes,
+        head_ms=None if head_ms is None else _scaled(head_ms, k),
+        tail_ms=None if tail_ms is None else _scaled(tail_ms, k),
+        bytes=float(sum(first[t.name].nbytes for t in cut.tensors)),
+        output_bytes=float(sum(first[name].nbytes for name in cut.tail_outputs)),
+        codecs=codecs,
+        errors=errors,
+    )
+
+
+def _output_error(
+    runner: CutRunner, activations: list[dict[str, np.ndarray]], spec: CodecSpec
+) -> OutputError:
+    max_abs, rel_l2, agree, total = 0.0, 0.0, 0, 0
+    classifier = True
+    for values in activations:
+        exact = {t.name: values[t.name] for t in runner.cut.tensors}
+        lossy = {name: decode(encode(a, spec)) for name, a in exact.items()}
+        want, got = runner.run_tail(exact), runner.run_tail(lossy)
+        for name, w in want.items():
+            if not isinstance(w, np.ndarray) or w.dtype.kind not in "fc":
+                continue
+            g = got[name]
+            diff = np.abs(g.astype(np.float64) - w)
+            max_abs = max(max_abs, float(diff.max(initial=0.0)))
+            norm = float(np.linalg.norm(w.astype(np.float64)))
+            rel_l2 = max(rel_l2, float(np.linalg.norm(diff)) / norm if norm else 0.0)
+            if w.ndim == 2 and w.shape[1] > 1:
+                agree += int((np.argmax(g, 1) == np.argmax(w, 1)).sum())
+                total += w.shape[0]
+            else:
+                classifier = False
+    top1 = agree / total if classifier and total else None
+    return OutputError(max_abs, rel_l2, top1)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def load_profile(path: str | Path, graph: ModelGraph | None = None) -> Profile:
+    """Read and check a profile; with ``graph``, check that it was taken of that model."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise ProfileError(f"{path}: not a JSON profile ({exc})") from exc
+    if not isinstance(raw, dict) or raw.get("kind") != PROFILE_KIND:
+        raise ProfileError(f'{path}: not a splitinfer profile (no "kind": "{PROFILE_KIND}")')
+    if raw.get("format") != PROFILE_FORMAT:
+        raise ProfileError(
+            f"{path}: profile format {raw.get('format')!r}, expected {PROFILE_FORMAT}"
+        )
+    try:
+        profile = _profile_from_json(raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProfileError(f"{path}: malformed profile: missing or bad field {exc}") from exc
+    _check_numbers(profile, path)
+    if graph is not None and profile.sha256 != model_sha256(graph.model):
+        raise ProfileError(
+            f"{path} was taken of another model ({profile.model}, sha256 {profile.sha256[:12]}…), "
+            f"not of {graph.name} (sha256 {model_sha256(graph.model)[:12]}…): profile this model"
+        )
+    return profile
+
+
+def _timing(obj: Any) -> Timing | None:
+    return None if obj is None else Timing(float(obj["median_ms"]), float(obj["p90_ms"]))
+
+
+def _cost(obj: Any) -> CodecCost:
+    return CodecCost(float(obj["bytes"]), float(obj["encode_ms"]), float(obj["decode_ms"]))
+
+
+def _profile_from_json(raw: dict[str, Any]) -> Profile:
+    cuts = []
+    for c in raw["cuts"]:
+        errors = {
+            k: OutputError(float(v["max_abs"]), float(v["rel_l2"]), v.get("top1"))
+            for k, v in c.get("errors", {}).items()
+        }
+        cuts.append(
+            CutProfile(
+                id=str(c["id"]),
+                tensors=tuple(c["tensors"]),
+                head_nodes=int(c["head_nodes"]),
+                head_ms=_timing(c["head_ms"]),
+                tail_ms=_timing(c["tail_ms"]),
+                bytes=float(c["bytes"]),
+                output_bytes=float(c["output_bytes"]),
+                codecs={k: _cost(v) for k, v in c["codecs"].items()},
+                errors=errors,
+            )
+        )
+    full = _timing(raw["full_ms"])
+    if full is None:
+        raise ValueError("full_ms")
+    return Profile(
+        model=str(raw["model"]),
+        sha256=str(raw["sha256"]),
+        device=str(raw["device"]),
+        machine=dict(raw.get("machine", {})),
+        ort_version=str(raw.get("ort_version", "")),
+        threads=int(raw["threads"]),
+        slowdown=float(raw["slowdown"]),
+        batch=int(raw["batch"]),
+        samples=int(raw["samples"]),
+        full_ms=full,
+        cuts=tuple(cuts),
+        tensors={
+            name: {k: _cost(v) for k, v in per.items()} for name, per in raw["tensors"].items()
+        },
+    )
+
+
+def _check_numbers(profile: Profile, path: Path) -> None:
+    def check(value: float | None, where: str) -> None:
+        if value is not None and (not np.isfinite(value) or value < 0):
+            raise ProfileError(
+                f"{path}: {where} is {value}; times and sizes must be finite and >= 0"
+            )
+
+    if profile.slowdown <= 0 or profile.batch <= 0:
+        raise ProfileError(f"{path}: slowdown and batch must be positive")
+    check(profile.full_ms.median_ms, "full_ms.median_ms")
+    for cut in profile.cuts:
+        for side, timing in (("head_ms", cut.head_ms), ("tail_ms", cut.tail_ms)):
+            if timing is not None:
+                check(timing.median_ms, f"cut {cut.id} {side}.median_ms")
+                check(timing.p90_ms, f"cut {cut.id} {side}.p90_ms")
+        check(cut.bytes, f"cut {cut.id} bytes")
+        check(cut.output_bytes, f"cut {cut.id} output_bytes")
+        for label, cost in cut.codecs.items():
+            for name in ("bytes", "encode_ms", "decode_ms"):
+                check(getattr(cost, name), f"cut {cut.id} codec {label} {name}")
+    for tensor, per in profile.tensors.items():
+        for label, cost in per.items():
+            for name in ("bytes", "encode_ms", "decode_ms"):
+                check(getattr(cost, name), f"tensor {tensor} codec {label} {name}")
