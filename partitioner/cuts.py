@@ -21,7 +21,7 @@ import difflib
 import functools
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from partitioner.graph import ModelGraph, bits, is_sendable, members
 from runtime.artifacts import TensorSpec, total_bytes
@@ -194,21 +194,33 @@ def cut_by_id(graph: ModelGraph, cut_id: str) -> Cut:
     )
 
 
-def cut_from_tensors(graph: ModelGraph, names: Sequence[str], *, cut_id: str | None = None) -> Cut:
+def cut_from_tensors(
+    graph: ModelGraph,
+    names: Sequence[str],
+    *,
+    device_outputs: Sequence[str] = (),
+    cut_id: str | None = None,
+) -> Cut:
     """The cut that sends exactly ``names``; CutError if no cut does.
 
-    The head is the smallest one that works: the nodes that compute ``names``,
-    plus every node that must run on the device because it reads something
-    made there that is not sent (such nodes then feed only device outputs).
+    The head is the smallest one that works: the nodes that compute ``names``
+    (and the model outputs in ``device_outputs``, computed on the device), plus
+    every node that must run on the device because it reads something made
+    there that is not sent. A cut is fully given by what it sends and which
+    model outputs the device computes.
     """
     names = list(dict.fromkeys(names))
     if not names:
         raise CutError("a cut needs at least one tensor (use the 'cloud' or 'edge' cut ids)")
     for name in names:
         _check_cut_tensor(graph, name)
+    unknown = [o for o in device_outputs if o not in graph.outputs]
+    if unknown:
+        raise CutError(f"{unknown[0]!r} is not an output of the model")
     producers = bits(graph.producer[n] for n in names if n in graph.producer)
+    producers |= bits(graph.producer[o] for o in device_outputs if o in graph.producer)
     redundant = _unread(graph, _ancestors(graph, producers), names)
-    head, leak = _smallest_head(graph, names)
+    head, leak = _smallest_head(graph, names, producers)
     unread = _unread(graph, head, names)
     if redundant or (unread and leak is None):
         raise CutError(
@@ -223,9 +235,13 @@ def cut_from_tensors(graph: ModelGraph, names: Sequence[str], *, cut_id: str | N
             f"{graph.nodes[reader]} needs {tensor!r}, which is made on the device side but "
             f"not sent ({path}); add {tensor!r} to the cut or cut elsewhere"
         )
+    cut = make_cut(graph, head, "")
+    missing = [o for o in device_outputs if o not in cut.head_outputs]
+    if missing:
+        raise CutError(f"output {missing[0]!r} cannot be computed on the device in this cut")
     if cut_id is None:
-        cut_id = _id_for_head(graph, head, names)
-    return make_cut(graph, head, cut_id)
+        cut_id = _id_for_head(graph, head, [*names, "\0", *cut.head_outputs])
+    return replace(cut, id=cut_id)
 
 
 def _ancestors(graph: ModelGraph, nodes: int) -> int:
@@ -253,7 +269,9 @@ def _short_path(path: list[str], tensor: str) -> str:
     return " -> ".join(parts)
 
 
-def _smallest_head(graph: ModelGraph, names: Sequence[str]) -> tuple[int, tuple[str, int] | None]:
+def _smallest_head(
+    graph: ModelGraph, names: Sequence[str], seeds: int | None = None
+) -> tuple[int, tuple[str, int] | None]:
     """The least closed head that makes ``names`` and sends nothing else.
 
     A tail node that reads a head-made tensor (or a graph input) outside
@@ -263,7 +281,9 @@ def _smallest_head(graph: ModelGraph, names: Sequence[str]) -> tuple[int, tuple[
     names the leak when the result turns out not to send ``names``.
     """
     chosen = set(names)
-    head = _ancestors(graph, bits(graph.producer[n] for n in names if n in graph.producer))
+    if seeds is None:
+        seeds = bits(graph.producer[n] for n in names if n in graph.producer)
+    head = _ancestors(graph, seeds)
     first_leak: tuple[str, int] | None = None
     leaked = [i for i in graph.inputs if i not in chosen]
     leaked += [o for n in members(head) for o in graph.nodes[n].outputs if o not in chosen]

@@ -22,8 +22,8 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +179,7 @@ class Planner:
         self.edge = edge
         self.cloud = cloud
         self._check_profiles()
+        # every cut of the model by id; min-cut cuts join it as they are found
         self.cuts = {c.id: c for c in enumerate_cuts(graph, max_tensors=None)}
         self.profiled = [c.id for c in edge.cuts if c.id in {k.id for k in cloud.cuts}]
         self.edge_nodes = node_costs(graph, edge, self.cuts, side="head")
@@ -272,7 +273,8 @@ class Planner:
                 prediction = self.predict(cut_id, label, link)
                 if prediction is not None and self.allowed(prediction, constraints):
                     found.append(prediction)
-        found += self._min_cut_candidates(link, labels, constraints, {p.tensors for p in found})
+        heads = {self.cuts[p.cut].head for p in found if p.cut in self.cuts}
+        found += self._min_cut_candidates(link, labels, constraints, heads)
         return found
 
     def _min_cut_candidates(
@@ -280,7 +282,7 @@ class Planner:
         link: Link,
         labels: Sequence[str],
         constraints: Constraints,
-        known: set[tuple[str, ...]],
+        known: set[int],
     ) -> list[Prediction]:
         extra = []
         for label in labels:
@@ -290,10 +292,12 @@ class Planner:
             if costs is None:
                 continue
             head = optimal_cut(self.graph, costs).head
-            crossing = tuple(self.graph.crossing(head))
-            if head in (0, self.graph.all_mask) or crossing in known:
+            if head in known or head in (0, self.graph.all_mask):
                 continue
-            cut = cut_from_tensors(self.graph, list(crossing))
+            cut = cut_from_tensors(
+                self.graph, self.graph.crossing(head), device_outputs=self.graph.head_outputs(head)
+            )
+            self.cuts.setdefault(cut.id, cut)
             extra.append(self._additive_prediction(cut, label, link))
         return extra
 
@@ -353,6 +357,8 @@ def _reason(best: Prediction, candidates: Sequence[Prediction]) -> str:
         (c for c in candidates if c.cut == CLOUD_ONLY), key=lambda c: c.total_ms, default=None
     )
     parts = [f"{best.cut} with {best.codec} is predicted fastest at {best.total_ms:.1f} ms"]
+    if best.total_ms <= 0:
+        return parts[0]
     if best.cut != EDGE_ONLY and local is not None:
         parts.append(
             f"{local.total_ms / best.total_ms:.2f}x faster than running it all on the device"
@@ -377,27 +383,26 @@ def _reason(best: Prediction, candidates: Sequence[Prediction]) -> str:
 def node_costs(
     graph: ModelGraph, profile: Profile, cuts: dict[str, Cut], *, side: str
 ) -> list[float]:
-    """Additive per-node times for one side, from nested profiled heads.
+    """Additive per-node times for one side, from the profiled heads that are
+    prefixes of the model's node order.
 
-    Along the longest chain of profiled heads each containing the last, the
-    time a step adds (head side) or removes (tail side) is spread evenly over
-    the nodes it adds. Where the profile has every prefix of a topological
-    order, each step is one node and the costs are exact.
+    The time one prefix adds to the next (head side), or removes (tail side), is
+    spread evenly over the nodes it adds; a profile with every prefix (cuts
+    crossed by many tensors included) gives each node its own time.
     """
-    timed = []
+    prefixes = {(1 << k) - 1 for k in range(len(graph.nodes) + 1)}
+    timed = {}
     for cut in profile.cuts:
+        head = cuts[cut.id].head
+        if head not in prefixes:
+            continue
         timing = cut.head_ms if side == "head" else cut.tail_ms
         if cut.id == EDGE_ONLY and side == "head":
             timing = profile.full_ms
-        value = 0.0 if timing is None else timing.median_ms
-        timed.append((cuts[cut.id].head, value))
-    timed.sort(key=lambda hv: (hv[0].bit_count(), hv[0]))
-    chain = [(0, 0.0 if side == "head" else _time_of(timed, 0))]
-    for head, value in timed:
-        if head != chain[-1][0] and head & chain[-1][0] == chain[-1][0]:
-            chain.append((head, value))
-    if chain[-1][0] != graph.all_mask:
-        chain.append((graph.all_mask, profile.full_ms.median_ms if side == "head" else 0.0))
+        timed[head] = 0.0 if timing is None else timing.median_ms
+    timed.setdefault(0, 0.0 if side == "head" else profile.full_ms.median_ms)
+    timed.setdefault(graph.all_mask, profile.full_ms.median_ms if side == "head" else 0.0)
+    chain = sorted(timed.items())
     costs = [0.0] * len(graph.nodes)
     for (before, t0), (after, t1) in itertools.pairwise(chain):
         added = members(after & ~before)
@@ -405,10 +410,6 @@ def node_costs(
         for i in added:
             costs[i] = step / len(added)
     return costs
-
-
-def _time_of(timed: Iterable[tuple[int, float]], head: int) -> float:
-    return next((value for h, value in timed if h == head), 0.0)
 
 
 # --------------------------------------------------------------------------- sweeps and plans
@@ -467,6 +468,8 @@ def sweep(
 
     A cut is dropped while every grid point can still be served by the kept
     cuts within ``tolerance`` of its best latency; edge-only is always kept.
+    Segment boundaries are where the two neighbouring choices cost the same,
+    solved from the cost model, not rounded to the grid.
     """
     grid: dict[tuple[float, float], list[Prediction]] = {}
     for rtt in rtts_ms:
@@ -479,20 +482,29 @@ def sweep(
     kept = _prune(grid, kept, tolerance)
     segments: list[Segment] = []
     for rtt in rtts_ms:
+        runs: list[tuple[float, Prediction]] = []  # (uplink, best) where the best changes
         for up in uplinks_mbit:
             best = next(p for p in grid[(rtt, up)] if p.cut in kept)
-            last = segments[-1] if segments else None
-            if last and last.rtt_ms == rtt and (last.cut, last.codec) == (best.cut, best.codec):
-                segments[-1] = replace(last, uplink_to_mbit=up)
-            else:
-                segments.append(Segment(rtt, up, up, best.cut, best.codec, best.total_ms))
+            if not runs or (runs[-1][1].cut, runs[-1][1].codec) != (best.cut, best.codec):
+                runs.append((up, best))
+        ends = [
+            _crossover(a, up_a, b, up_b, downlink_bps)
+            for (up_a, a), (up_b, b) in itertools.pairwise(runs)
+        ]
+        starts = [uplinks_mbit[0], *ends]
+        stops = [*ends, uplinks_mbit[-1]]
+        for (_, best), start, stop in zip(runs, starts, stops, strict=True):
+            segments.append(Segment(rtt, start, stop, best.cut, best.codec, best.total_ms))
     cuts = []
-    for cut_id in sorted(
-        kept, key=lambda c: planner.cuts[c].head_nodes if c in planner.cuts else 0
-    ):
-        codecs = sorted({s.codec for s in segments if s.cut == cut_id})
-        tensors = next(p.tensors for options in grid.values() for p in options if p.cut == cut_id)
-        cuts.append({"id": cut_id, "tensors": list(tensors), "codecs": codecs})
+    for cut in sorted((planner.cuts[c] for c in kept), key=lambda c: c.head_nodes):
+        cuts.append(
+            {
+                "id": cut.id,
+                "tensors": list(cut.tensor_names),
+                "device_outputs": list(cut.head_outputs),
+                "codecs": sorted({s.codec for s in segments if s.cut == cut.id}),
+            }
+        )
     default_json: dict[str, Any] = {}
     if default is not None:
         choice = planner.choose(default, constraints)
@@ -515,6 +527,27 @@ def sweep(
         segments=tuple(segments),
         default=default_json,
     )
+
+
+def _crossover(
+    a: Prediction, up_a: float, b: Prediction, up_b: float, downlink_bps: float | None
+) -> float:
+    """The uplink (Mbit/s) where ``a`` (best at ``up_a``) and ``b`` (at ``up_b``) cost the same.
+
+    Each total is ``fixed + slope / uplink``: transfer time (and the return, when
+    the downlink follows the uplink) scales with 1/uplink, the rest does not.
+    """
+
+    def line(p: Prediction, up: float) -> tuple[float, float]:
+        scaled = p.transfer_ms + (p.return_ms if downlink_bps is None else 0.0)
+        return p.total_ms - scaled, scaled * up
+
+    (fa, sa), (fb, sb) = line(a, up_a), line(b, up_b)
+    if fb != fa:
+        crossing = (sa - sb) / (fb - fa)
+        if up_a <= crossing <= up_b:
+            return crossing
+    return math.sqrt(up_a * up_b)  # not linear between the grid points: split the gap
 
 
 def _prune(grid: dict[Any, list[Prediction]], kept: set[str], tolerance: float) -> set[str]:
@@ -558,7 +591,8 @@ def load_plan(path: str | Path, graph: ModelGraph | None = None) -> Plan:
                 {
                     "id": str(c["id"]),
                     "tensors": [str(t) for t in c["tensors"]],
-                    "codecs": list(c["codecs"]),
+                    "device_outputs": [str(o) for o in c.get("device_outputs", [])],
+                    "codecs": [str(k) for k in c["codecs"]],
                 }
                 for c in raw["cuts"]
             ),
@@ -580,10 +614,13 @@ def plan_cuts(graph: ModelGraph, plan: Plan) -> list[Cut]:
     cuts = []
     for entry in plan.cuts:
         cut = known.get(entry["id"])
-        if cut is None or list(cut.tensor_names) != entry["tensors"]:
+        same = cut is not None and list(cut.tensor_names) == entry["tensors"]
+        if not (same and cut is not None and list(cut.head_outputs) == entry["device_outputs"]):
             if not entry["tensors"]:
                 raise PlanError(f"plan cut {entry['id']!r} is not a cut of this model")
-            cut = cut_from_tensors(graph, entry["tensors"], cut_id=entry["id"])
+            cut = cut_from_tensors(
+                graph, entry["tensors"], device_outputs=entry["device_outputs"], cut_id=entry["id"]
+            )
         cuts.append(cut)
     return cuts
 

@@ -1,0 +1,152 @@
+"""The planner: optimal on random DAGs, right where the arithmetic says, and within
+what the user allows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from partitioner import ModelGraph
+from partitioner.mincut import head_cost
+from partitioner.plan import Constraints, Link, Planner, sweep
+from partitioner.profile import CodecCost
+from runtime.errors import PlanError
+from tests.graphs import Builder
+from tests.profiles import additive_costs, synthetic_profile
+from tests.strategies import closed_heads, random_dags
+
+ms = st.floats(0.0, 20.0, allow_nan=False)
+
+
+@st.composite
+def planning_cases(draw):
+    graph = ModelGraph.load(draw(random_dags(max_nodes=8)))
+    n = len(graph.nodes)
+    edge = [draw(ms) for _ in range(n)]
+    cloud = [draw(ms) for _ in range(n)]
+    tensors = {}
+    for name in graph.consumers:
+        raw = draw(st.floats(1.0, 1e6))
+        tensors[name] = {
+            "raw": CodecCost(raw, 0.0, 0.0),
+            "zstd": CodecCost(raw * draw(st.floats(0.05, 1.0)), draw(ms), draw(ms)),
+        }
+    link = Link(draw(st.floats(1e5, 1e9)), draw(st.floats(0.0, 100.0)))
+    keep = draw(st.booleans())
+    return graph, edge, cloud, tensors, link, keep
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=planning_cases())
+def test_the_plan_equals_brute_force_over_every_cut_and_codec(case):
+    graph, edge, cloud, tensors, link, keep = case
+    planner = Planner(
+        graph,
+        synthetic_profile(graph, "edge", edge, tensors),
+        synthetic_profile(graph, "cloud", cloud, tensors),
+    )
+    choice = planner.choose(link, Constraints(keep_input_on_device=keep))
+    best = min(
+        head_cost(
+            graph,
+            additive_costs(graph, edge, cloud, tensors, label, link, keep_input_on_device=keep),
+            head,
+        )
+        for label in ("raw", "zstd")
+        for head in closed_heads(graph)
+    )
+    assert math.isclose(choice.best.total_ms, best, rel_tol=1e-9, abs_tol=1e-9)
+    if keep:
+        assert not set(choice.best.tensors) & set(graph.inputs)
+
+
+def _chain():
+    """x -> A -> a -> B -> b -> C -> y, each node 10 ms on the device and 1 ms in the cloud;
+    x is 100 kB, a 10 kB, b 1 kB, y 16 bytes (float32[N, 4])."""
+    builder = Builder("chain")
+    x = builder.input("x", ["N", 4])
+    a = builder.op("Relu", [x])
+    b = builder.op("Tanh", [a])
+    builder.output(builder.op("Sigmoid", [b]))
+    graph = ModelGraph.load(builder.model())
+    sizes = {x: 100_000.0, a: 10_000.0, b: 1_000.0}
+    tensors = {name: {"raw": CodecCost(size, 0.0, 0.0)} for name, size in sizes.items()}
+    planner = Planner(
+        graph,
+        synthetic_profile(graph, "edge", [10.0] * 3, tensors),
+        synthetic_profile(graph, "cloud", [1.0] * 3, tensors),
+    )
+    return planner, a, b
+
+
+def test_the_choice_moves_from_cloud_to_device_exactly_where_the_arithmetic_says():
+    planner, a, b = _chain()
+    # totals at u Mbit/s (bytes * 8e-3 / u ms), the 16-byte output returning likewise:
+    #   cloud-only 3 + 800.128/u, after A 12 + 80.128/u, after B 21 + 8.128/u, edge-only 30
+    crossings = {"cloud|A": 80.0, "A|B": 8.0, "B|edge": 8.128 / 9}
+    sends = {"cloud": ("x",), "A": (a,), "B": (b,), "edge": ()}
+
+    def best_at(mbit):
+        return planner.choose(Link(mbit * 1e6, 0.0)).best.tensors
+
+    for pair, at in crossings.items():
+        faster, slower = pair.split("|")
+        assert best_at(at * 1.01) == sends[faster]
+        assert best_at(at * 0.99) == sends[slower]
+    plan = sweep(planner, rtts_ms=[0.0], tolerance=0.0)
+    tensors = {c["id"]: tuple(c["tensors"]) for c in plan.cuts}
+    segments = [(tensors[s.cut], s.uplink_from_mbit, s.uplink_to_mbit) for s in plan.segments]
+    assert [s[0] for s in segments] == [(), (b,), (a,), ("x",)]
+    edges = [s[2] for s in segments[:-1]]
+    for got, want in zip(
+        edges, [crossings["B|edge"], crossings["A|B"], crossings["cloud|A"]], strict=True
+    ):
+        assert math.isclose(got, want, rel_tol=1e-9)
+
+
+def test_keep_input_on_device_never_sends_the_input():
+    planner, a, _ = _chain()
+    fast = Link(1e9, 0.0)
+    assert planner.choose(fast).best.tensors == ("x",)
+    kept = planner.choose(fast, Constraints(keep_input_on_device=True))
+    assert kept.best.tensors == (a,)
+    assert all("x" not in p.tensors for p in kept.candidates)
+
+
+def _lossy_chain(error):
+    planner, a, b = _chain()
+    graph = planner.graph
+    tensors = {
+        name: {"raw": CodecCost(size, 0.0, 0.0), "int8+zstd": CodecCost(size / 100, 0.0, 0.0)}
+        for name, size in (("x", 100_000.0), (a, 10_000.0), (b, 1_000.0))
+    }
+    errors = {(cut, "int8+zstd"): error for cut in ("cloud", "c1", "c2")}
+    return Planner(
+        graph,
+        synthetic_profile(graph, "edge", [10.0] * 3, tensors, errors=errors),
+        synthetic_profile(graph, "cloud", [1.0] * 3, tensors, errors=errors),
+    )
+
+
+def test_max_error_admits_a_lossy_codec_only_within_its_bound():
+    planner = _lossy_chain(error=0.02)
+    link = Link(10e6, 0.0)
+    assert all(p.codec in ("raw", "-") for p in planner.choose(link).candidates)
+    assert planner.choose(link, Constraints(max_error=0.01)).best.codec == "raw"
+    loose = planner.choose(link, Constraints(max_error=0.05))
+    assert loose.best.codec == "int8+zstd" and loose.best.error == 0.02
+
+
+def test_codecs_restricts_the_choice_and_an_unknown_one_is_an_error():
+    planner = _lossy_chain(error=0.0)
+    link = Link(10e6, 0.0)
+    assert planner.choose(link, Constraints(max_error=1.0)).best.codec == "int8+zstd"
+    only_raw = planner.choose(link, Constraints(codecs=frozenset({"raw"}), max_error=1.0))
+    assert {p.codec for p in only_raw.candidates} <= {"raw", "-"}
+    with pytest.raises(PlanError, match="unknown codec 'lz4'"):
+        planner.choose(link, Constraints(codecs=frozenset({"lz4"})))
+    with pytest.raises(PlanError, match="none of the codecs"):
+        planner.choose(link, Constraints(codecs=frozenset({"fp16+zstd"})))
