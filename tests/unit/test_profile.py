@@ -1,0 +1,163 @@
+"""Profiling on this machine, and profiles the planner must refuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from partitioner import ModelGraph, enumerate_cuts
+from partitioner.cli import main
+from partitioner.plan import Planner
+from partitioner.profile import ProfileOptions, calibration_feeds, load_profile, profile_model
+from runtime.errors import ProfileError
+from tests.graphs import FAMILIES
+
+QUICK = {"warmup": 1, "repeats": 3}
+
+
+@pytest.fixture(scope="module")
+def chain():
+    return ModelGraph.load(FAMILIES["chain_cnn"]())
+
+
+@pytest.fixture(scope="module")
+def profile(chain):
+    feeds = calibration_feeds(chain, samples=4)
+    return profile_model(chain, feeds, ProfileOptions(batch=2, **QUICK), progress=False)
+
+
+def test_a_profile_measures_every_cut_and_codec(chain, profile):
+    cuts = enumerate_cuts(chain)
+    assert [c.id for c in profile.cuts] == [c.id for c in cuts]
+    assert profile.batch == 2 and profile.samples == 4 and profile.full_ms.median_ms > 0
+    for measured, cut in zip(profile.cuts, cuts, strict=True):
+        assert measured.tensors == cut.tensor_names
+        assert (measured.head_ms is None) == (cut.id == "cloud")
+        assert (measured.tail_ms is None) == (cut.id == "edge")
+        if cut.id != "edge":
+            assert measured.bytes == 2 * cut.bytes  # two samples per request
+            raw = measured.codecs["raw"]
+            assert raw.bytes == measured.bytes
+            if raw.bytes > 4096:  # below that, frame headers are a fair share
+                assert measured.codecs["int8+zstd"].bytes < raw.bytes / 3
+            lossy = measured.errors["int8+zstd"]
+            assert 0 < lossy.rel_l2 < 0.1 and lossy.top1 is not None  # class scores
+    # every tensor a node reads has codec measurements, for the min-cut
+    assert set(profile.tensors) == set(chain.consumers)
+
+
+def test_slowdown_dilates_every_time(chain, profile):
+    feeds = calibration_feeds(chain, samples=2)
+    slow = profile_model(chain, feeds, ProfileOptions(slowdown=50.0, **QUICK), progress=False)
+    assert slow.slowdown == 50.0
+    assert slow.full_ms.median_ms > 10 * profile.full_ms.median_ms / 2  # per sample, x50
+
+
+def test_a_profile_round_trips_through_json(chain, profile, tmp_path):
+    path = tmp_path / "p.json"
+    profile.save(path)
+    assert load_profile(path, chain) == profile
+
+
+def _tampered(profile, tmp_path: Path, change) -> Path:
+    raw = profile.to_json()
+    change(raw)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def test_a_profile_of_another_model_is_refused(profile, tmp_path):
+    path = tmp_path / "p.json"
+    profile.save(path)
+    other = ModelGraph.load(FAMILIES["resnet"]())
+    with pytest.raises(ProfileError, match="taken of another model"):
+        load_profile(path, other)
+    with pytest.raises(ProfileError, match="another model"):
+        Planner(other, profile, profile)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda raw: raw["cuts"][1]["head_ms"].update(median_ms=-3.0), "must be finite and >= 0"),
+        (lambda raw: raw["cuts"][1]["codecs"]["zstd"].update(bytes=float("nan")), "must be finite"),
+        (lambda raw: raw.update(kind="something"), "not a splitinfer profile"),
+        (lambda raw: raw.pop("cuts"), "malformed profile"),
+        (lambda raw: raw.update(slowdown=0), "must be positive"),
+    ],
+)
+def test_impossible_or_malformed_profiles_are_refused(profile, tmp_path, change, message):
+    with pytest.raises(ProfileError, match=message):
+        load_profile(_tampered(profile, tmp_path, change))
+
+
+def test_a_profile_missing_cuts_is_refused(chain, profile, tmp_path):
+    def drop_edge(raw):
+        raw["cuts"] = [c for c in raw["cuts"] if c["id"] != "edge"]
+
+    partial = load_profile(_tampered(profile, tmp_path, drop_edge))
+    with pytest.raises(ProfileError, match="lacks the 'edge' cut"):
+        Planner(chain, partial, profile)
+
+
+def test_calibration_inputs_from_a_directory(chain, tmp_path):
+    np.save(tmp_path / "image.npy", np.ones((3, 3, 16, 16), np.float32))
+    feeds = calibration_feeds(chain, calib=tmp_path)
+    assert feeds["image"].shape == (3, 3, 16, 16)
+    np.save(tmp_path / "image.npy", np.ones((3, 3, 16, 16), np.float64))
+    with pytest.raises(Exception, match="dtype float64, the model expects float32"):
+        calibration_feeds(chain, calib=tmp_path)
+
+
+def test_the_cli_profiles_plans_sweeps_splits_and_checks(tmp_path, capsys):
+    model = tmp_path / "resnet.onnx"
+    onnx.save_model(FAMILIES["resnet"](), str(model))
+    edge, cloud = tmp_path / "edge.json", tmp_path / "cloud.json"
+    quick = ["--samples", "2", "--repeats", "3"]
+    assert main(["profile", str(model), "--out", str(edge), "--slowdown", "8", *quick]) == 0
+    assert main(["profile", str(model), "--out", str(cloud), "--device", "cloud", *quick]) == 0
+    capsys.readouterr()
+    common = [str(model), "--edge", str(edge), "--cloud", str(cloud)]
+    png = tmp_path / "plan.png"
+    assert main(["plan", *common, "--uplink", "10mbit", "--rtt", "20ms", "--plot", str(png)]) == 0
+    table = capsys.readouterr().out
+    assert "best:" in table and table.splitlines()[1].startswith("*")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plan", *common, "--uplink", "1.5gbit", "--rtt", "5ms", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert set(answer["best"]) == {"cut", "codec", "predicted_ms"}
+    assert {"cut", "codec", "predicted_ms"} <= set(answer["candidates"][0])
+    assert answer["best"]["predicted_ms"] == min(c["predicted_ms"] for c in answer["candidates"])
+
+    plan = tmp_path / "plan.json"
+    assert main(["plan", *common, "--sweep", "--out", str(plan)]) == 0
+    chosen = [c["id"] for c in json.loads(plan.read_text())["cuts"]]
+    assert "edge" in chosen
+    out = tmp_path / "art"
+    assert main(["split", str(model), "--plan", str(plan), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [c["id"] for c in manifest["cuts"]] == chosen
+    assert manifest["plan"]["cuts"] == json.loads(plan.read_text())["cuts"]
+
+    capsys.readouterr()
+    assert main(["check-profile", str(model), "--profile", str(cloud), "--samples", "2"]) == 0
+    assert "median |error|" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [("--uplink", "fast", "bad rate 'fast'"), ("--rtt", "soon", "bad duration")],
+)
+def test_bad_units_are_one_line_errors(profile, tmp_path, capsys, flag, value, message):
+    model = tmp_path / "chain.onnx"
+    onnx.save_model(FAMILIES["chain_cnn"](), str(model))
+    path = tmp_path / "p.json"
+    profile.save(path)
+    code = main(["plan", str(model), "--edge", str(path), "--cloud", str(path), flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
