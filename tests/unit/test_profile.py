@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from partitioner.profile import ProfileOptions, calibration_feeds, load_profile,
 from runtime.errors import ProfileError
 from tests.graphs import FAMILIES
 
-QUICK = {"warmup": 1, "repeats": 3}
+QUICK = ProfileOptions(warmup=1, repeats=3)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def chain():
 @pytest.fixture(scope="module")
 def profile(chain):
     feeds = calibration_feeds(chain, samples=4)
-    return profile_model(chain, feeds, ProfileOptions(batch=2, **QUICK), progress=False)
+    return profile_model(chain, feeds, replace(QUICK, batch=2), progress=False)
 
 
 def test_a_profile_measures_every_cut_and_codec(chain, profile):
@@ -39,7 +40,7 @@ def test_a_profile_measures_every_cut_and_codec(chain, profile):
         assert (measured.head_ms is None) == (cut.id == "cloud")
         assert (measured.tail_ms is None) == (cut.id == "edge")
         if cut.id != "edge":
-            assert measured.bytes == 2 * cut.bytes  # two samples per request
+            assert cut.bytes is not None and measured.bytes == 2 * cut.bytes  # two per request
             raw = measured.codecs["raw"]
             assert raw.bytes == measured.bytes
             if raw.bytes > 4096:  # below that, frame headers are a fair share
@@ -52,7 +53,7 @@ def test_a_profile_measures_every_cut_and_codec(chain, profile):
 
 def test_slowdown_dilates_every_time(chain, profile):
     feeds = calibration_feeds(chain, samples=2)
-    slow = profile_model(chain, feeds, ProfileOptions(slowdown=50.0, **QUICK), progress=False)
+    slow = profile_model(chain, feeds, replace(QUICK, slowdown=50.0), progress=False)
     assert slow.slowdown == 50.0
     assert slow.full_ms.median_ms > 10 * profile.full_ms.median_ms / 2  # per sample, x50
 
