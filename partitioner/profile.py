@@ -57,6 +57,7 @@ class ProfileOptions:
     batch: int = 1
     warmup: int = 3
     repeats: int = 15
+    min_time_ms: float = 30.0
     codecs: tuple[CodecSpec, ...] = DEFAULT_CODECS
     max_tensors: int | None = 8
 
@@ -172,7 +173,13 @@ def calibration_feeds(
     return feeds
 
 
-def _batches(feeds: Mapping[str, np.ndarray], batch: int) -> list[dict[str, np.ndarray]]:
+def _batches(
+    graph: ModelGraph, feeds: Mapping[str, np.ndarray], batch: int
+) -> list[dict[str, np.ndarray]]:
+    """Requests of ``batch`` samples; a model with a fixed batch size takes the feeds whole."""
+    fixed = [i for i in graph.inputs if isinstance((graph.spec(i).shape or (None,))[0], int)]
+    if fixed:
+        return [dict(feeds)]
     count = len(next(iter(feeds.values())))
     out = []
     for start in range(0, count - batch + 1, batch):
@@ -185,15 +192,20 @@ def _batches(feeds: Mapping[str, np.ndarray], batch: int) -> list[dict[str, np.n
 # --------------------------------------------------------------------------- measuring
 
 
-def time_call(call: Callable[[], object], *, warmup: int, repeats: int) -> Timing:
-    """Median and 90th percentile of ``repeats`` calls after ``warmup`` calls, in ms."""
+def time_call(
+    call: Callable[[], object], *, warmup: int, repeats: int, min_time_ms: float = 0.0
+) -> Timing:
+    """Median and 90th percentile, in ms, of at least ``repeats`` calls after ``warmup``
+    calls, going on until ``min_time_ms`` have been spent (fast calls are noisy)."""
     for _ in range(warmup):
         call()
-    samples = []
-    for _ in range(repeats):
+    samples: list[float] = []
+    spent = 0.0
+    while len(samples) < repeats or (spent < min_time_ms and len(samples) < 100 * repeats):
         start = time.perf_counter()
         call()
         samples.append((time.perf_counter() - start) * 1000.0)
+        spent += samples[-1]
     return Timing(float(np.median(samples)), float(np.percentile(samples, 90)))
 
 
@@ -236,7 +248,7 @@ def profile_model(
     cuts = (
         list(cuts) if cuts is not None else enumerate_cuts(graph, max_tensors=options.max_tensors)
     )
-    batches = _batches(feeds, options.batch)
+    batches = _batches(graph, feeds, options.batch)
     session_options = SessionOptions(threads=options.threads)
     with tempfile.TemporaryDirectory(prefix="splitinfer-profile-") as tmp:
         manifest = write_artifacts(graph, cuts, tmp)
@@ -248,7 +260,10 @@ def profile_model(
         )
         full = make_session(Path(tmp) / manifest.full, session_options)
         full_ms = time_call(
-            lambda: run_session(full, batches[0]), warmup=options.warmup, repeats=options.repeats
+            lambda: run_session(full, batches[0]),
+            warmup=options.warmup,
+            repeats=options.repeats,
+            min_time_ms=options.min_time_ms,
         )
         if bar:
             bar.step("full model")
@@ -354,13 +369,19 @@ def _profile_cut(
     if runner.head is not None:
         head = runner.head
         head_ms = time_call(
-            lambda: run_session(head, first), warmup=options.warmup, repeats=options.repeats
+            lambda: run_session(head, first),
+            warmup=options.warmup,
+            repeats=options.repeats,
+            min_time_ms=options.min_time_ms,
         )
     sent = {t.name: first[t.name] for t in cut.tensors}
     if runner.tail is not None:
         tail = runner.tail
         tail_ms = time_call(
-            lambda: run_session(tail, sent), warmup=options.warmup, repeats=options.repeats
+            lambda: run_session(tail, sent),
+            warmup=options.warmup,
+            repeats=options.repeats,
+            min_time_ms=options.min_time_ms,
         )
     k = options.slowdown
     labels = [s.label for s in options.codecs]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,24 @@ PHOTOS = ("china.jpg", "flower.jpg")
 def imagenet_photos(size: int = 224) -> dict[str, np.ndarray]:
     """Each sample photo as a float32 NCHW batch of one: resize the short side to
     ``size * 256 / 224``, centre-crop ``size``, normalize with ImageNet statistics."""
+    return {name: _view(image, size, 256 / 224, 0.5, 0.5, False) for name, image in _images()}
+
+
+def imagenet_photo_views(count: int, size: int = 224, seed: int = 0) -> np.ndarray:
+    """``count`` different views of the sample photos (scale, position, mirror), as one
+    float32 NCHW batch: real images for measuring what lossy codecs do to accuracy."""
+    rng = np.random.default_rng(seed)
+    images = _images()
+    views = []
+    for index in range(count):
+        _, image = images[index % len(images)]
+        zoom = float(rng.uniform(1.0, 2.0))
+        x, y = float(rng.uniform(0, 1)), float(rng.uniform(0, 1))
+        views.append(_view(image, size, zoom, x, y, bool(rng.integers(2))))
+    return np.concatenate(views)
+
+
+def _images() -> list[tuple[str, Any]]:
     try:
         from PIL import Image
         from sklearn.datasets import load_sample_image
@@ -27,22 +46,23 @@ def imagenet_photos(size: int = 224) -> dict[str, np.ndarray]:
             f"the sample photos need scikit-learn and Pillow ({exc.name} is missing): "
             "pip install 'splitinfer[demo]'"
         ) from None
-    batches = {}
-    for name in PHOTOS:
-        image = Image.fromarray(load_sample_image(name))
-        short = round(size * 256 / 224)
-        width, height = image.size
-        scale = short / min(width, height)
-        image = image.resize(
-            (round(width * scale), round(height * scale)), Image.Resampling.BILINEAR
-        )
-        left = (image.size[0] - size) // 2
-        top = (image.size[1] - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
-        pixels = (pixels - IMAGENET_MEAN) / IMAGENET_STD
-        batches[name] = np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
-    return batches
+    return [(name, Image.fromarray(load_sample_image(name))) for name in PHOTOS]
+
+
+def _view(image: Any, size: int, zoom: float, x: float, y: float, mirror: bool) -> np.ndarray:
+    """Resize the short side to ``size * zoom``, crop ``size`` at relative (x, y), normalize."""
+    from PIL import Image
+
+    width, height = image.size
+    scale = size * zoom / min(width, height)
+    resized = image.resize((round(width * scale), round(height * scale)), Image.Resampling.BILINEAR)
+    left = round((resized.size[0] - size) * x)
+    top = round((resized.size[1] - size) * y)
+    crop = resized.crop((left, top, left + size, top + size))
+    if mirror:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    pixels = (np.asarray(crop, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
 
 
 def imagenet_class_names() -> list[str]:

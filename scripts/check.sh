@@ -7,5 +7,5 @@ bash scripts/setup.sh
 bin=.venv/bin
 "$bin/ruff" format --check .
 "$bin/ruff" check .
-"$bin/mypy" partitioner runtime tests
+"$bin/mypy" partitioner runtime bench tests
 "$bin/python" -m pytest "$@"

@@ -17,7 +17,7 @@ from partitioner.profile import ProfileOptions, calibration_feeds, load_profile,
 from runtime.errors import ProfileError
 from tests.graphs import FAMILIES
 
-QUICK = ProfileOptions(warmup=1, repeats=3)
+QUICK = ProfileOptions(warmup=1, repeats=3, min_time_ms=0.0)
 
 
 @pytest.fixture(scope="module")
