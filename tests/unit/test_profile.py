@@ -135,6 +135,11 @@ def test_the_cli_profiles_plans_sweeps_splits_and_checks(tmp_path, capsys):
     assert {"cut", "codec", "predicted_ms"} <= set(answer["candidates"][0])
     assert answer["best"]["predicted_ms"] == min(c["predicted_ms"] for c in answer["candidates"])
 
+    assert main(["plan", *common, "--codecs", "raw", "--keep-input-on-device", "--json"]) == 0
+    restricted = json.loads(capsys.readouterr().out)["candidates"]
+    assert {c["codec"] for c in restricted} <= {"raw", "-"}
+    assert not any("image" in c["tensors"] for c in restricted)
+
     plan = tmp_path / "plan.json"
     assert main(["plan", *common, "--sweep", "--out", str(plan)]) == 0
     chosen = [c["id"] for c in json.loads(plan.read_text())["cuts"]]
