@@ -12,6 +12,7 @@ import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from partitioner.cuts import DEFAULT_MAX_TENSORS, Cut, enumerate_cuts, resolve_cut
 from partitioner.graph import ModelGraph
@@ -161,6 +162,35 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--samples", type=int, default=4, help="example inputs (default 4)")
     check.add_argument("--calib", type=Path, metavar="DIR", help="calibration inputs (.npy)")
     check.set_defaults(run=_cmd_check_profile)
+
+    serve = commands.add_parser("serve", help="serve the tails of artifact directories")
+    serve.add_argument("directories", nargs="+", metavar="DIR", type=Path)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=50051, help="0 takes a free port")
+    serve.add_argument("--tls-cert", type=Path, metavar="PEM")
+    serve.add_argument("--tls-key", type=Path, metavar="PEM")
+    serve.add_argument("--client-ca", type=Path, metavar="PEM", help="require client certificates")
+    serve.add_argument("--token-file", type=Path, metavar="FILE", help="require this bearer token")
+    serve.add_argument("--max-concurrent", type=int, default=2, help="tails running at once")
+    serve.add_argument("--max-queued", type=int, default=32, help="waiting requests beyond that")
+    serve.set_defaults(run=_cmd_serve)
+
+    infer = commands.add_parser("infer", help="run a model split between here and a server")
+    infer.add_argument("directory", metavar="DIR", type=Path)
+    infer.add_argument("--target", required=True, metavar="HOST:PORT")
+    infer.add_argument(
+        "--input", action="append", required=True, metavar="NAME=FILE.npy", help="repeatable"
+    )
+    infer.add_argument("--cut", default=None, help="a cut id of DIR (default: the plan's)")
+    infer.add_argument("--codec", default="raw", help="e.g. raw, zstd+shuffle, int8+zstd")
+    infer.add_argument("--out", type=Path, metavar="OUT.npz", help="save the outputs")
+    infer.add_argument("--json", action="store_true", help="print the timing breakdown as JSON")
+    infer.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    infer.add_argument("--token-file", type=Path, metavar="FILE")
+    infer.add_argument("--tls-ca", type=Path, metavar="PEM", help="trust this CA (enables TLS)")
+    infer.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate (mTLS)")
+    infer.add_argument("--tls-key", type=Path, metavar="PEM", help="client key (mTLS)")
+    infer.set_defaults(run=_cmd_infer)
 
     demo = commands.add_parser("demo", help="walk through export, cuts and split on MobileNetV2")
     demo.add_argument(
@@ -312,6 +342,86 @@ def _cmd_check_profile(args: argparse.Namespace) -> int:
     feeds = calibration_feeds(graph, calib=args.calib, samples=max(args.samples, profile.batch))
     rows = check_profile(graph, profile, feeds)
     print(format_check(rows))
+    return 0
+
+
+def _read(path: Path | None) -> bytes | None:
+    return None if path is None else path.read_bytes()
+
+
+def _token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    token = path.read_text().strip()
+    if not token:
+        raise ValueError(f"{path}: the token file is empty")
+    return token
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from runtime.server import Security, serve
+    from runtime.tails import HostLimits
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    if args.client_ca is not None and args.tls_cert is None:
+        raise ValueError("--client-ca needs --tls-cert and --tls-key")
+    if args.max_concurrent < 1 or args.max_queued < 0:
+        raise ValueError("--max-concurrent must be at least 1 and --max-queued at least 0")
+    security = Security(
+        cert=_read(args.tls_cert),
+        key=_read(args.tls_key),
+        client_ca=_read(args.client_ca),
+        token=_token(args.token_file),
+    )
+    limits = HostLimits(max_concurrent=args.max_concurrent, max_queued=args.max_queued)
+    asyncio.run(serve(args.directories, args.host, args.port, limits=limits, security=security))
+    return 0
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from runtime.client import ClientTLS, SplitClient
+    from runtime.codec import CodecSpec
+    from runtime.edge import StaticSplit
+
+    feeds = {}
+    for item in args.input:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise ValueError(f"bad --input {item!r}: expected NAME=FILE.npy")
+        feeds[name] = np.load(file)
+    tls = None
+    if args.tls_ca is not None:
+        tls = ClientTLS(
+            root_certificates=_read(args.tls_ca),
+            certificate=_read(args.tls_cert),
+            key=_read(args.tls_key),
+        )
+    with SplitClient(args.target, token=_token(args.token_file), tls=tls) as client:
+        split = StaticSplit(
+            args.directory,
+            client,
+            cut=args.cut,
+            codec=CodecSpec.parse(args.codec),
+            timeout=args.timeout,
+        )
+        missing = [i.name for i in split.manifest.inputs if i.name not in feeds]
+        if missing:
+            raise ValueError(f"missing --input for model input {missing[0]!r}")
+        result = split.infer(feeds)
+    if args.out is not None:
+        arrays: dict[str, Any] = dict(result.outputs)
+        np.savez(args.out, **arrays)
+    if args.json:
+        print(json.dumps({"path": result.path, "cut": result.cut, "timing": result.timing}))
+    else:
+        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in result.outputs.items())
+        times = " ".join(f"{k.removesuffix('_ms')}={v:.2f}" for k, v in result.timing.items())
+        print(f"{result.path} via cut {result.cut}: {shapes}; ms: {times}")
     return 0
 
 

@@ -132,10 +132,12 @@ class Encoded:
     zero_point: tuple[int, ...] = ()
     axis: int | None = None
     version: int = CODEC_VERSION
+    name: str = ""  # the tensor's name in the model, when it travels
 
 
-def encode(array: np.ndarray, spec: CodecSpec = CodecSpec()) -> Encoded:
-    """Encode ``array`` with ``spec``; CodecError if the codec cannot carry its dtype."""
+def encode(array: np.ndarray, spec: CodecSpec = CodecSpec(), *, name: str = "") -> Encoded:
+    """Encode ``array`` (called ``name``) with ``spec``; CodecError if the codec cannot
+    carry its dtype."""
     array = np.asarray(array)
     dtype = array.dtype.name
     if not spec.codec.accepts(dtype):
@@ -143,12 +145,16 @@ def encode(array: np.ndarray, spec: CodecSpec = CodecSpec()) -> Encoded:
     shape = tuple(int(d) for d in array.shape)
     little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
     if spec.codec is Codec.RAW:
-        return Encoded(Codec.RAW, dtype, shape, little.tobytes())
+        return Encoded(Codec.RAW, dtype, shape, little.tobytes(), name=name)
     if spec.codec is Codec.ZSTD:
-        return Encoded(spec.codec, dtype, shape, _compress(little, spec), shuffle=spec.shuffle)
+        return Encoded(
+            spec.codec, dtype, shape, _compress(little, spec), shuffle=spec.shuffle, name=name
+        )
     if spec.codec is Codec.FP16_ZSTD:
         half = np.clip(little, -FP16_MAX, FP16_MAX).astype("<f2")
-        return Encoded(spec.codec, dtype, shape, _compress(half, spec), shuffle=spec.shuffle)
+        return Encoded(
+            spec.codec, dtype, shape, _compress(half, spec), shuffle=spec.shuffle, name=name
+        )
     scale, zero_point = _quantization(little, spec.axis)
     q = _quantize(little, scale, zero_point, spec.axis)
     return Encoded(
@@ -160,6 +166,7 @@ def encode(array: np.ndarray, spec: CodecSpec = CodecSpec()) -> Encoded:
         scale=tuple(float(s) for s in scale),
         zero_point=tuple(int(z) for z in zero_point),
         axis=spec.axis,
+        name=name,
     )
 
 

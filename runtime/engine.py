@@ -73,8 +73,8 @@ class CutRunner:
         self.cut = cut
         self.outputs = [o.name for o in manifest.outputs]
         root = Path(directory)
-        self.head = None if cut.head is None else make_session(_inside(root, cut.head), options)
-        self.tail = None if cut.tail is None else make_session(_inside(root, cut.tail), options)
+        self.head = None if cut.head is None else make_session(inside(root, cut.head), options)
+        self.tail = None if cut.tail is None else make_session(inside(root, cut.tail), options)
 
     def run_head(self, feeds: Feeds) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Run the head: (tensors to send, model outputs kept on the device)."""
@@ -95,7 +95,8 @@ class CutRunner:
         return {name: results[name] for name in self.outputs}
 
 
-def _inside(root: Path, relative: str) -> Path:
+def inside(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing a manifest path that leads out of ``root``."""
     path = (root / relative).resolve()
     if root.resolve() not in path.parents:
         raise ArtifactError(f"manifest path {relative!r} points outside {root}")

@@ -15,7 +15,17 @@ message and exit status 2.
     ├── CodecError          an unknown codec, or a payload that does not decode to its tensor
     ├── ProfileError        a profile that is malformed, of another model, or inconsistent
     ├── PlanError           a plan that cannot be made or read (no allowed cut, bad link)
-    └── ExportError         a PyTorch module that could not be exported to ONNX
+    ├── ExportError         a PyTorch module that could not be exported to ONNX
+    ├── RequestError        a request the server refuses (runtime.status maps each to a status)
+    │   ├── NotFoundError       an unknown model or cut           NOT_FOUND
+    │   ├── InvalidInputError   tensors that do not fit the cut   INVALID_ARGUMENT
+    │   ├── OverloadedError     more work than the server takes   RESOURCE_EXHAUSTED
+    │   ├── DeadlineError       the caller's deadline passed      DEADLINE_EXCEEDED
+    │   └── UnauthenticatedError  a missing or wrong token        UNAUTHENTICATED
+    └── RemoteError         a call that failed on the way or on the server (client side)
+        └── UnavailableError    the server cannot be reached      UNAVAILABLE
+
+CodecError also answers INVALID_ARGUMENT; anything unexpected is INTERNAL.
 """
 
 from __future__ import annotations
@@ -59,3 +69,42 @@ class PlanError(SplitInferError):
 
 class ExportError(SplitInferError):
     """A PyTorch module that could not be exported to ONNX."""
+
+
+class RequestError(SplitInferError):
+    """A request the server refuses; ``runtime.status`` gives each its gRPC status."""
+
+
+class NotFoundError(RequestError):
+    """An unknown model, or a cut the model does not have or the server does not run."""
+
+
+class InvalidInputError(RequestError):
+    """Tensors that do not match the cut: names, dtypes, ranks, shapes or sizes."""
+
+
+class OverloadedError(RequestError):
+    """The server already has as much work as it takes: retry later."""
+
+
+class DeadlineError(RequestError):
+    """The caller's deadline passed before the work could be done."""
+
+
+class UnauthenticatedError(RequestError):
+    """A missing or wrong bearer token."""
+
+
+class RemoteError(SplitInferError):
+    """A call that failed in transit or on the server, as seen by the client.
+
+    ``code`` is the gRPC status code's name (``"INTERNAL"``, ``"UNAVAILABLE"``...).
+    """
+
+    def __init__(self, message: str, code: str = "UNKNOWN") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UnavailableError(RemoteError):
+    """The server could not be reached, or the connection broke."""

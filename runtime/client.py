@@ -1,0 +1,207 @@
+"""A synchronous client of the splitinfer.v1 service, for devices.
+
+Failed calls raise the splitinfer error of their status (runtime.status), with
+the grpc.RpcError as the cause.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from runtime.codec import Encoded, decode
+from runtime.protocol import tensor_from_proto, tensor_to_proto
+from runtime.status import error_for, error_from_rpc
+from runtime.wire import splitinfer_pb2 as pb
+from runtime.wire import splitinfer_pb2_grpc as pb_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
+DEFAULT_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientTLS:
+    """PEM bytes: the CA that signed the server, and for mutual TLS the client's pair."""
+
+    root_certificates: bytes | None = None
+    certificate: bytes | None = None
+    key: bytes | None = None
+    server_name: str | None = None  # when the certificate's name is not the target host
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A tail's answer: decoded outputs, the server's own times, and the round trip."""
+
+    outputs: dict[str, np.ndarray]
+    server: pb.ServerTiming
+    round_trip_ms: float
+    decode_ms: float
+
+
+class SplitClient:
+    """A channel to one server. Use as a context manager, or call close()."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        tls: ClientTLS | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        options: list[tuple[str, int | str]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls is not None:
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            credentials = grpc.ssl_channel_credentials(
+                tls.root_certificates, tls.key, tls.certificate
+            )
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.stub = pb_grpc.SplitInferenceStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.target = target
+
+    def __enter__(self) -> SplitClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the channel is connected; UnavailableError after ``timeout`` s."""
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise error_for(grpc.StatusCode.UNAVAILABLE, f"{self.target} not ready") from None
+
+    def infer(
+        self,
+        model: str,
+        cut: str,
+        tensors: Sequence[Encoded],
+        *,
+        response_codec: str = "raw",
+        timeout: float | None = None,
+        request_id: str = "",
+    ) -> Reply:
+        """Run ``cut``'s tail on ``tensors``; raises a splitinfer error on failure."""
+        request = pb.InferRequest(
+            model=model,
+            cut=cut,
+            request_id=request_id,
+            tensors=[tensor_to_proto(t) for t in tensors],
+            response_codec=response_codec,
+        )
+        start = time.perf_counter()
+        try:
+            response = self.stub.Infer(request, timeout=timeout, metadata=self.metadata)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        round_trip = (time.perf_counter() - start) * 1000
+        return _reply(response, round_trip)
+
+    def infer_stream(
+        self,
+        requests: Iterable[tuple[str, str, Sequence[Encoded]]],
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        timeout: float | None = None,
+    ) -> Iterator[Reply | Exception]:
+        """Send many (model, cut, tensors) requests over one stream, payloads in chunks
+        of ``chunk_bytes``; yields a Reply or the error of each, as they complete."""
+        start = time.perf_counter()
+
+        def messages() -> Iterator[pb.StreamRequest]:
+            for model, cut, tensors in requests:
+                yield from stream_messages(model, cut, tensors, uuid.uuid4().hex, chunk_bytes)
+
+        partial: dict[str, tuple[pb.InferResponse, list[bytearray]]] = {}
+        try:
+            for item in self.stub.InferStream(messages(), timeout=timeout, metadata=self.metadata):
+                kind = item.WhichOneof("item")
+                if kind == "error":
+                    yield error_for(_status(item.error.code), item.error.message)
+                    continue
+                if kind == "response":
+                    response = item.response
+                    partial[response.request_id] = (
+                        response,
+                        [bytearray(o.payload) for o in response.outputs],
+                    )
+                    request_id = response.request_id
+                else:
+                    response, buffers = partial[item.chunk.request_id]
+                    buffers[item.chunk.tensor].extend(item.chunk.data)
+                    request_id = item.chunk.request_id
+                response, buffers = partial[request_id]
+                sizes = [o.payload_size or len(o.payload) for o in response.outputs]
+                if all(len(b) == s for b, s in zip(buffers, sizes, strict=True)):
+                    del partial[request_id]
+                    for output, buffer in zip(response.outputs, buffers, strict=True):
+                        output.payload = bytes(buffer)
+                        output.payload_size = 0
+                    yield _reply(response, (time.perf_counter() - start) * 1000)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+
+    def describe(self, model: str = "", *, timeout: float | None = None) -> pb.DescribeResponse:
+        try:
+            return self.stub.Describe(
+                pb.DescribeRequest(model=model), timeout=timeout, metadata=self.metadata
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+
+    def probe(
+        self, send_bytes: int = 0, receive_bytes: int = 0, *, timeout: float | None = None
+    ) -> tuple[float, float]:
+        """(round trip ms, server ms) for a call carrying these many bytes each way."""
+        request = pb.ProbeRequest(payload=bytes(send_bytes), response_size=receive_bytes)
+        start = time.perf_counter()
+        try:
+            response = self.stub.Probe(request, timeout=timeout, metadata=self.metadata)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return (time.perf_counter() - start) * 1000, response.server_ms
+
+
+def stream_messages(
+    model: str, cut: str, tensors: Sequence[Encoded], request_id: str, chunk_bytes: int
+) -> Iterator[pb.StreamRequest]:
+    """One request as stream messages: a header with each payload's first chunk, then
+    the rest of each payload in chunks."""
+    header = pb.InferRequest(model=model, cut=cut, request_id=request_id)
+    for encoded in tensors:
+        message = tensor_to_proto(encoded)
+        message.payload = encoded.payload[:chunk_bytes]
+        message.payload_size = len(encoded.payload)
+        header.tensors.append(message)
+    yield pb.StreamRequest(request=header)
+    for index, encoded in enumerate(tensors):
+        for offset in range(chunk_bytes, len(encoded.payload), chunk_bytes):
+            data = encoded.payload[offset : offset + chunk_bytes]
+            yield pb.StreamRequest(chunk=pb.Chunk(request_id=request_id, tensor=index, data=data))
+
+
+def _status(value: int) -> grpc.StatusCode:
+    return next((c for c in grpc.StatusCode if c.value[0] == value), grpc.StatusCode.UNKNOWN)
+
+
+def _reply(response: pb.InferResponse, round_trip_ms: float) -> Reply:
+    start = time.perf_counter()
+    outputs = {t.name: decode(tensor_from_proto(t)) for t in response.outputs}
+    return Reply(outputs, response.timing, round_trip_ms, (time.perf_counter() - start) * 1000)

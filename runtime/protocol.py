@@ -1,0 +1,73 @@
+"""Conversions between runtime objects and the splitinfer.v1 protobuf messages."""
+
+from __future__ import annotations
+
+from runtime.artifacts import TensorSpec
+from runtime.codec import Codec, Encoded
+from runtime.tails import HostLimits, ServedModel
+from runtime.wire import splitinfer_pb2 as pb
+
+
+def tensor_to_proto(encoded: Encoded) -> pb.Tensor:
+    message = pb.Tensor(
+        name=encoded.name,
+        dtype=encoded.dtype,
+        shape=list(encoded.shape),
+        codec=encoded.codec.value,
+        codec_version=encoded.version,
+        shuffle=encoded.shuffle,
+        scale=list(encoded.scale),
+        zero_point=list(encoded.zero_point),
+        payload=encoded.payload,
+    )
+    if encoded.axis is not None:
+        message.axis = encoded.axis
+    return message
+
+
+def tensor_from_proto(message: pb.Tensor, payload: bytes | None = None) -> Encoded:
+    """An Encoded tensor; CodecError for an unknown codec (never read as raw)."""
+    return Encoded(
+        codec=Codec.parse(message.codec or "raw"),
+        dtype=message.dtype,
+        shape=tuple(int(d) for d in message.shape),
+        payload=message.payload if payload is None else payload,
+        shuffle=message.shuffle,
+        scale=tuple(message.scale),
+        zero_point=tuple(int(z) for z in message.zero_point),
+        axis=message.axis if message.HasField("axis") else None,
+        version=message.codec_version or 1,
+        name=message.name,
+    )
+
+
+def spec_to_proto(spec: TensorSpec) -> pb.TensorSpec:
+    dims = spec.shape or ()
+    return pb.TensorSpec(
+        name=spec.name,
+        dtype=spec.dtype,
+        shape=[d if isinstance(d, int) else -1 for d in dims],
+        dim_names=[d if isinstance(d, str) else "" for d in dims],
+    )
+
+
+def model_info(served: ServedModel, limits: HostLimits) -> pb.ModelInfo:
+    manifest = served.manifest
+    return pb.ModelInfo(
+        name=manifest.model,
+        sha256=manifest.sha256,
+        inputs=[spec_to_proto(s) for s in manifest.inputs],
+        outputs=[spec_to_proto(s) for s in manifest.outputs],
+        cuts=[
+            pb.CutInfo(
+                id=cut.id,
+                tensors=[spec_to_proto(t) for t in cut.tensors],
+                outputs=list(cut.tail_outputs),
+                device_outputs=list(cut.head_outputs),
+                served=cut.id in served.sessions,
+            )
+            for cut in manifest.cuts
+        ],
+        codecs=[c.value for c in Codec],
+        max_message_bytes=limits.max_message_bytes,
+    )

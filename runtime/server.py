@@ -1,0 +1,519 @@
+"""The cloud server: gRPC (grpc.aio) on top of runtime.tails.
+
+``create_server(address, host)`` returns the started-to-be server and the port
+it bound; ``serve(...)`` runs one until SIGTERM or SIGINT and then shuts down
+gracefully. The servicer is thin: each RPC converts messages, asks the engine,
+converts back. Errors map to status codes in one place (runtime.status);
+anything unexpected is INTERNAL with the traceback logged, never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from runtime.codec import CodecSpec
+from runtime.errors import (
+    DeadlineError,
+    InvalidInputError,
+    OverloadedError,
+    SplitInferError,
+)
+from runtime.protocol import model_info, tensor_from_proto, tensor_to_proto
+from runtime.status import status_of
+from runtime.tails import HostLimits, TailHost
+from runtime.wire import splitinfer_pb2 as pb
+from runtime.wire import splitinfer_pb2_grpc as pb_grpc
+
+log = logging.getLogger("splitinfer.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
+HEALTH_METHODS = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")
+MAX_PENDING_STREAM_REQUESTS = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class Security:
+    """TLS (``cert`` and ``key``, PEM bytes), mutual TLS (``client_ca`` too) and a
+    bearer token; all optional."""
+
+    cert: bytes | None = None
+    key: bytes | None = None
+    client_ca: bytes | None = None
+    token: str | None = None
+
+
+class Admission:
+    """Bounds the work: ``max_concurrent`` tails at once, ``max_queued`` waiting;
+    beyond that a request is refused at once rather than queued without end."""
+
+    def __init__(self, limits: HostLimits) -> None:
+        self.limits = limits
+        self.slots = asyncio.Semaphore(limits.max_concurrent)
+        self.admitted = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self, context: grpc.aio.ServicerContext) -> AsyncIterator[float]:
+        """Wait for a worker; yields the time waited (ms)."""
+        if self.admitted >= self.limits.max_concurrent + self.limits.max_queued:
+            raise OverloadedError(
+                f"the server is at capacity ({self.limits.max_concurrent} running, "
+                f"{self.limits.max_queued} queued): retry later"
+            )
+        self.admitted += 1
+        start = time.perf_counter()
+        try:
+            async with self.slots:
+                _check_deadline(context)  # it may have passed while queued
+                yield (time.perf_counter() - start) * 1000
+        finally:
+            self.admitted -= 1
+
+
+def _check_deadline(context: grpc.aio.ServicerContext) -> None:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise DeadlineError("the call's deadline passed before the tail could run")
+
+
+class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
+    """splitinfer.v1.SplitInference over a TailHost."""
+
+    def __init__(self, host: TailHost, admission: Admission) -> None:
+        self.host = host
+        self.admission = admission
+
+    async def Infer(
+        self, request: pb.InferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.InferResponse:
+        return await _answer(context, self._infer(request, context))
+
+    async def _infer(
+        self,
+        request: pb.InferRequest,
+        context: grpc.aio.ServicerContext,
+        payloads: Sequence[bytes] | None = None,
+    ) -> pb.InferResponse:
+        _check_deadline(context)
+        tensors = [
+            tensor_from_proto(t, None if payloads is None else payloads[i])
+            for i, t in enumerate(request.tensors)
+        ]
+        response_codec = CodecSpec.parse(request.response_codec or "raw")
+        self.host.check(request.model, request.cut, tensors)  # refuse before queueing
+        async with self.admission.slot(context) as queued_ms:
+            outputs, timing = await asyncio.to_thread(
+                self.host.run, request.model, request.cut, tensors, response_codec
+            )
+        return pb.InferResponse(
+            model=request.model,
+            cut=request.cut,
+            request_id=request.request_id,
+            outputs=[tensor_to_proto(o) for o in outputs],
+            timing=pb.ServerTiming(
+                queue_ms=queued_ms,
+                decode_ms=timing.decode_ms,
+                compute_ms=timing.compute_ms,
+                encode_ms=timing.encode_ms,
+            ),
+        )
+
+    async def InferStream(
+        self, requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamResponse]:
+        answers: asyncio.Queue[pb.StreamResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+        pending: dict[str, _Assembly] = {}
+
+        async def run(request: pb.InferRequest, payloads: list[bytes]) -> None:
+            try:
+                response = await self._infer(request, context, payloads)
+            except Exception as exc:
+                await answers.put(_stream_error(request.request_id, exc))
+                return
+            for message in _chunked(response, self.host.limits.max_message_bytes // 2):
+                await answers.put(message)
+
+        async def read() -> None:
+            try:
+                async for item in requests:
+                    try:
+                        done = _assemble(item, pending, self.host.limits)
+                    except SplitInferError as exc:
+                        await answers.put(_stream_error(_request_id(item), exc))
+                        continue
+                    if done is not None:
+                        task = asyncio.create_task(run(*done))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                for request_id in list(pending):
+                    await answers.put(
+                        _stream_error(request_id, InvalidInputError("the stream ended mid-request"))
+                    )
+                if tasks:
+                    await asyncio.gather(*tasks)
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+        finally:
+            reader.cancel()
+            for task in tasks:
+                task.cancel()
+
+    async def Describe(
+        self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DescribeResponse:
+        async def describe() -> pb.DescribeResponse:
+            names = [request.model] if request.model else sorted(self.host.models)
+            models = [model_info(self.host.model(n), self.host.limits) for n in names]
+            return pb.DescribeResponse(models=models)
+
+        return await _answer(context, describe())
+
+    async def Probe(
+        self, request: pb.ProbeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ProbeResponse:
+        async def probe() -> pb.ProbeResponse:
+            start = time.perf_counter()
+            limit = self.host.limits.max_probe_bytes
+            if request.response_size > limit:
+                raise InvalidInputError(
+                    f"probe response_size {request.response_size} is over the limit of "
+                    f"{limit} bytes"
+                )
+            payload = bytes(request.response_size)
+            return pb.ProbeResponse(
+                payload=payload,
+                received=len(request.payload),
+                server_ms=(time.perf_counter() - start) * 1000,
+            )
+
+        return await _answer(context, probe())
+
+
+async def _answer(context: grpc.aio.ServicerContext, work: Awaitable[Any]) -> Any:
+    """Run ``work``; turn a splitinfer error into its status, anything else into INTERNAL."""
+    try:
+        return await work
+    except SplitInferError as exc:
+        code, message = status_of(exc), exc.message
+    except Exception:
+        log.exception("internal error")  # the traceback stays in the log
+        code, message = grpc.StatusCode.INTERNAL, "internal error (logged on the server)"
+    await context.abort(code, message)
+
+
+def _chunked(response: pb.InferResponse, chunk_bytes: int) -> list[pb.StreamResponse]:
+    """A response as stream messages, outputs beyond ``chunk_bytes`` sent in chunks."""
+    rest: list[tuple[int, bytes]] = []
+    for index, output in enumerate(response.outputs):
+        if len(output.payload) > chunk_bytes:
+            rest.append((index, output.payload[chunk_bytes:]))
+            output.payload_size = len(output.payload)
+            output.payload = output.payload[:chunk_bytes]
+    messages = [pb.StreamResponse(response=response)]
+    for index, data in rest:
+        for offset in range(0, len(data), chunk_bytes):
+            chunk = pb.Chunk(
+                request_id=response.request_id,
+                tensor=index,
+                data=data[offset : offset + chunk_bytes],
+            )
+            messages.append(pb.StreamResponse(chunk=chunk))
+    return messages
+
+
+def _stream_error(request_id: str, exc: BaseException) -> pb.StreamResponse:
+    if isinstance(exc, SplitInferError):
+        code, message = status_of(exc), exc.message
+    else:
+        log.exception("internal error", exc_info=exc)
+        code, message = grpc.StatusCode.INTERNAL, "internal error (logged on the server)"
+    return pb.StreamResponse(
+        error=pb.StreamError(request_id=request_id, code=code.value[0], message=message)
+    )
+
+
+@dataclass
+class _Assembly:
+    """A stream request whose tensors are still arriving."""
+
+    request: pb.InferRequest
+    payloads: list[bytearray]
+    sizes: list[int]
+
+    def complete(self) -> bool:
+        return all(len(p) == s for p, s in zip(self.payloads, self.sizes, strict=True))
+
+
+def _request_id(item: pb.StreamRequest) -> str:
+    kind = item.WhichOneof("item")
+    if kind == "request":
+        return item.request.request_id
+    if kind == "chunk":
+        return item.chunk.request_id
+    return ""
+
+
+def _assemble(
+    item: pb.StreamRequest, pending: dict[str, _Assembly], limits: HostLimits
+) -> tuple[pb.InferRequest, list[bytes]] | None:
+    """Add one stream message; returns a request once all its bytes have arrived."""
+    kind = item.WhichOneof("item")
+    if kind == "request":
+        request = item.request
+        if not request.request_id:
+            raise InvalidInputError("a stream request needs a request_id")
+        if request.request_id in pending:
+            raise InvalidInputError(f"request_id {request.request_id!r} is already in flight")
+        if len(pending) >= MAX_PENDING_STREAM_REQUESTS:
+            raise OverloadedError(
+                f"more than {MAX_PENDING_STREAM_REQUESTS} incomplete requests on this stream"
+            )
+        sizes = []
+        for tensor in request.tensors:
+            size = tensor.payload_size or len(tensor.payload)
+            if size > limits.max_tensor_bytes or len(tensor.payload) > size:
+                raise InvalidInputError(
+                    f"tensor {tensor.name!r}: payload_size {tensor.payload_size} is inconsistent "
+                    f"or over the limit of {limits.max_tensor_bytes} bytes"
+                )
+            sizes.append(size)
+        assembly = _Assembly(request, [bytearray(t.payload) for t in request.tensors], sizes)
+        pending[request.request_id] = assembly
+    elif kind == "chunk":
+        chunk = item.chunk
+        assembly = pending.get(chunk.request_id)  # type: ignore[assignment]
+        if assembly is None:
+            raise InvalidInputError(f"chunk for unknown request_id {chunk.request_id!r}")
+        if chunk.tensor >= len(assembly.payloads):
+            del pending[chunk.request_id]
+            raise InvalidInputError(
+                f"chunk for tensor {chunk.tensor}, but the request has {len(assembly.payloads)}"
+            )
+        buffer = assembly.payloads[chunk.tensor]
+        if len(buffer) + len(chunk.data) > assembly.sizes[chunk.tensor]:
+            del pending[chunk.request_id]
+            raise InvalidInputError(
+                f"chunks for tensor {chunk.tensor} exceed its payload_size "
+                f"{assembly.sizes[chunk.tensor]}"
+            )
+        buffer.extend(chunk.data)
+    else:
+        raise InvalidInputError("an empty stream message")
+    request_id = _request_id(item)
+    if pending[request_id].complete():
+        done = pending.pop(request_id)
+        return done.request, [bytes(p) for p in done.payloads]
+    return None
+
+
+class TokenAuth(grpc.aio.ServerInterceptor):
+    """Bearer-token auth: ``authorization: Bearer <token>``, compared in constant time.
+
+    Health checks stay open, so that load balancers can probe without the token.
+    """
+
+    def __init__(self, token: str) -> None:
+        self.token = token.encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(details)
+        if handler is None or details.method in HEALTH_METHODS:
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        value = metadata.get("authorization", "")
+        given = value.encode() if isinstance(value, str) else bytes(value)
+        if hmac.compare_digest(given, b"Bearer " + self.token):
+            return handler
+        return _deny(handler)
+
+
+@dataclass(frozen=True)
+class _Malformed:
+    """What a request that does not parse becomes, so that it can be refused cleanly."""
+
+    message: str
+
+
+class LenientParsing(grpc.aio.ServerInterceptor):
+    """Bytes that do not parse as the method's request become INVALID_ARGUMENT,
+    on every service (health and reflection too), instead of grpc's UNKNOWN."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        def lenient(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception as exc:
+                return _Malformed(f"the request does not parse: {_first_line(exc)}")
+
+        streaming_in = handler.request_streaming
+        original: Any = (
+            (handler.stream_stream or handler.stream_unary)
+            if streaming_in
+            else (handler.unary_unary or handler.unary_stream)
+        )
+
+        async def guard(arg: Any, context: Any) -> Any:
+            if not streaming_in:
+                if isinstance(arg, _Malformed):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, arg.message)
+                return arg
+
+            async def checked() -> AsyncIterator[Any]:
+                async for item in arg:
+                    if isinstance(item, _Malformed):
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.message)
+                    yield item
+
+            return checked()
+
+        behave: Any
+        if handler.response_streaming:
+
+            async def behave(arg: Any, context: Any) -> AsyncIterator[Any]:
+                result = original(await guard(arg, context), context)
+                if hasattr(result, "__aiter__"):
+                    async for item in result:  # forwarded as it comes
+                        yield item
+                else:
+                    await result  # a servicer that writes through context.write
+
+        else:
+
+            async def behave(arg: Any, context: Any) -> Any:
+                return await original(await guard(arg, context), context)
+
+        return _same_kind(handler, behave, lenient)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _same_kind(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    behavior: Callable[..., Any],
+    deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    kwargs = {
+        "request_deserializer": deserializer or handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(behavior, **kwargs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(behavior, **kwargs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(behavior, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(behavior, **kwargs)
+
+
+def _deny(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+    return _same_kind(handler, deny)
+
+
+async def create_server(
+    address: str,
+    host: TailHost,
+    *,
+    security: Security = Security(),
+) -> tuple[grpc.aio.Server, int]:
+    """A gRPC server for ``host`` bound to ``address`` ("127.0.0.1:0" takes a free
+    port); returns it, not started, and the port it got."""
+    limits = host.limits
+    options = [
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+    ]
+    interceptors: list[grpc.aio.ServerInterceptor] = [LenientParsing()]
+    if security.token:
+        interceptors.insert(0, TokenAuth(security.token))
+    server = grpc.aio.server(options=options, interceptors=interceptors)
+    pb_grpc.add_SplitInferenceServicer_to_server(
+        SplitInferenceServicer(host, Admission(limits)), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    if security.cert is not None or security.key is not None:
+        if security.cert is None or security.key is None:
+            raise ValueError("TLS needs both a certificate and a key")
+        credentials = grpc.ssl_server_credentials(
+            [(security.key, security.cert)],
+            root_certificates=security.client_ca,
+            require_client_auth=security.client_ca is not None,
+        )
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, port
+
+
+async def serve(
+    directories: Sequence[Path],
+    host_address: str,
+    port: int,
+    *,
+    limits: HostLimits | None = None,
+    security: Security | None = None,
+    grace_s: float = 5.0,
+) -> None:
+    """Serve until SIGTERM or SIGINT; the first stdout line says where."""
+    tails = TailHost(directories, limits=limits or HostLimits())
+    server, bound = await create_server(
+        f"{host_address}:{port}", tails, security=security or Security()
+    )
+    await server.start()
+    print(f"listening on {host_address}:{bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("shutting down", file=sys.stderr, flush=True)
+    await server.stop(grace_s)

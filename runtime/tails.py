@@ -1,0 +1,206 @@
+"""The cloud's engine: every tail of one or more artifact directories, checked
+input, and ONNX Runtime. No sockets here; runtime.server puts gRPC on top.
+
+Every request is checked against the cut before anything is decoded or run:
+model and cut known, exactly the cut's tensors, each with the cut's dtype,
+rank and fixed dimensions, symbolic dimensions (the batch) consistent across
+tensors, sizes within the limits. Decoding then checks the payload itself
+(runtime.codec).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime.artifacts import CutArtifact, Manifest, TensorSpec, load_manifest
+from runtime.codec import Codec, CodecSpec, Encoded, decode, encode
+from runtime.engine import SessionOptions, inside, make_session, run_session
+from runtime.errors import ArtifactError, CodecError, InvalidInputError, NotFoundError
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostLimits:
+    """What one server takes. Message sizes are gRPC's; tensor bytes are decoded sizes."""
+
+    max_message_bytes: int = 256 * MiB
+    max_tensor_bytes: int = 1024 * MiB
+    max_concurrent: int = 2  # tails computing at once
+    max_queued: int = 32  # requests waiting for a worker; beyond: RESOURCE_EXHAUSTED
+    max_probe_bytes: int = 16 * MiB
+
+
+@dataclass
+class ServedModel:
+    """One artifact directory: its manifest and a session per servable tail."""
+
+    directory: Path
+    manifest: Manifest
+    sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.model
+
+
+@dataclass(frozen=True)
+class Timing:
+    decode_ms: float
+    compute_ms: float
+    encode_ms: float
+
+
+class TailHost:
+    """Hosts every tail of the given artifact directories."""
+
+    def __init__(
+        self,
+        directories: Sequence[str | Path],
+        *,
+        limits: HostLimits = HostLimits(),
+        session_options: SessionOptions | None = None,
+    ) -> None:
+        self.limits = limits
+        self.models: dict[str, ServedModel] = {}
+        for directory in directories:
+            served = ServedModel(Path(directory), load_manifest(directory))
+            if served.name in self.models:
+                raise ArtifactError(
+                    f"two artifact directories hold a model named {served.name!r}: "
+                    f"{self.models[served.name].directory} and {directory}"
+                )
+            for cut in served.manifest.cuts:
+                if cut.tail is not None:
+                    served.sessions[cut.id] = make_session(
+                        inside(served.directory, cut.tail), session_options or SessionOptions()
+                    )
+            self.models[served.name] = served
+
+    def model(self, name: str) -> ServedModel:
+        served = self.models.get(name)
+        if served is None:
+            hosted = ", ".join(sorted(self.models)) or "none"
+            raise NotFoundError(f"no model {name!r} on this server; it hosts: {hosted}")
+        return served
+
+    def cut(self, model: str, cut_id: str) -> tuple[ServedModel, CutArtifact]:
+        served = self.model(model)
+        for cut in served.manifest.cuts:
+            if cut.id == cut_id:
+                if cut_id not in served.sessions:
+                    raise NotFoundError(
+                        f"cut {cut_id!r} of {model!r} runs entirely on the device: "
+                        "this server has no tail for it"
+                    )
+                return served, cut
+        served_ids = ", ".join(served.sessions) or "none"
+        raise NotFoundError(f"no cut {cut_id!r} in model {model!r}; served cuts: {served_ids}")
+
+    def check(self, model: str, cut_id: str, tensors: Sequence[Encoded]) -> CutArtifact:
+        """Everything that can be checked before decoding; raises a RequestError."""
+        _, cut = self.cut(model, cut_id)
+        expected = {t.name: t for t in cut.tensors}
+        names = [t.name for t in tensors]
+        if len(set(names)) != len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise InvalidInputError(f"tensor {twice!r} appears twice in the request")
+        wanted = ", ".join(expected)
+        unexpected = [n for n in names if n not in expected]
+        if unexpected:
+            raise InvalidInputError(
+                f"unexpected tensor {unexpected[0]!r}: cut {cut_id!r} takes exactly [{wanted}]"
+            )
+        missing = [n for n in expected if n not in names]
+        if missing:
+            raise InvalidInputError(
+                f"missing tensor {missing[0]!r}: cut {cut_id!r} takes exactly [{wanted}]"
+            )
+        symbols: dict[str, tuple[int, str]] = {}
+        for tensor in tensors:
+            self._check_tensor(tensor, expected[tensor.name], symbols)
+        return cut
+
+    def _check_tensor(
+        self, tensor: Encoded, spec: TensorSpec, symbols: dict[str, tuple[int, str]]
+    ) -> None:
+        where = f"tensor {tensor.name!r}"
+        if tensor.dtype != spec.dtype:
+            raise InvalidInputError(
+                f"{where}: expected dtype {spec.dtype}, received {tensor.dtype}"
+            )
+        shape = list(tensor.shape)
+        if spec.shape is not None:
+            if len(shape) != len(spec.shape):
+                raise InvalidInputError(
+                    f"{where}: expected rank {len(spec.shape)} ({_show(spec.shape)}), "
+                    f"received rank {len(shape)} ({shape})"
+                )
+            for axis, (want, got) in enumerate(zip(spec.shape, shape, strict=True)):
+                if got < 0:
+                    raise InvalidInputError(f"{where}: dimension {axis} is negative ({got})")
+                if isinstance(want, int) and want != got:
+                    raise InvalidInputError(
+                        f"{where} has mismatch on dim={axis}: expected {want} "
+                        f"({_show(spec.shape)}), received {got} ({shape})"
+                    )
+                if isinstance(want, str):
+                    seen = symbols.setdefault(want, (got, tensor.name))
+                    if seen[0] != got:
+                        raise InvalidInputError(
+                            f"{where}: dimension {want!r} is {got}, but {seen[1]!r} has it as "
+                            f"{seen[0]}"
+                        )
+        if any(d < 0 for d in shape):
+            raise InvalidInputError(f"{where}: dimensions must be non-negative, received {shape}")
+        nbytes = math.prod(shape) * np.dtype(spec.dtype).itemsize
+        if nbytes > self.limits.max_tensor_bytes:
+            raise InvalidInputError(
+                f"{where} of shape {shape} would take {nbytes} bytes, more than this server's "
+                f"limit of {self.limits.max_tensor_bytes}"
+            )
+
+    def run(
+        self,
+        model: str,
+        cut_id: str,
+        tensors: Sequence[Encoded],
+        response_codec: CodecSpec | None = None,
+    ) -> tuple[list[Encoded], Timing]:
+        """Check, decode, run the tail, encode its outputs (raw unless ``response_codec``)."""
+        response_codec = response_codec or CodecSpec()
+        if response_codec.codec.lossy:
+            raise CodecError(
+                f"outputs are sent losslessly: response codec {response_codec.codec.value} "
+                "is not allowed (use raw or zstd)"
+            )
+        self.check(model, cut_id, tensors)
+        served, cut = self.cut(model, cut_id)
+        start = time.perf_counter()
+        feeds = {t.name: decode(t, max_bytes=self.limits.max_tensor_bytes) for t in tensors}
+        decoded = time.perf_counter()
+        results = run_session(served.sessions[cut_id], feeds)
+        computed = time.perf_counter()
+        outputs = [_encode_output(name, results[name], response_codec) for name in cut.tail_outputs]
+        done = time.perf_counter()
+        return outputs, Timing(
+            (decoded - start) * 1000, (computed - decoded) * 1000, (done - computed) * 1000
+        )
+
+
+def _encode_output(name: str, value: object, spec: CodecSpec) -> Encoded:
+    if not isinstance(value, np.ndarray):
+        raise InvalidInputError(f"output {name!r} is not a tensor and cannot be sent")
+    codec = spec if spec.codec.accepts(value.dtype.name) else CodecSpec(codec=Codec.RAW)
+    return encode(value, codec, name=name)
+
+
+def _show(shape: Sequence[object]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"

@@ -1,0 +1,119 @@
+"""Random bytes on every RPC, reflection, and the serve command's life cycle."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runtime.client import SplitClient
+from runtime.tails import TailHost
+
+METHODS = {
+    "/splitinfer.v1.SplitInference/Infer": "unary",
+    "/splitinfer.v1.SplitInference/Describe": "unary",
+    "/splitinfer.v1.SplitInference/Probe": "unary",
+    "/splitinfer.v1.SplitInference/InferStream": "stream",
+}
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def test_random_bytes_on_every_rpc_never_crash_the_server(resnet_artifacts, serve):
+    server = serve(TailHost([resnet_artifacts[0]]))
+    channel = grpc.insecure_channel(server.target)
+    calls = {
+        name: (
+            channel.unary_unary(name, request_serializer=_identity, response_deserializer=_identity)
+            if kind == "unary"
+            else channel.stream_stream(
+                name, request_serializer=_identity, response_deserializer=_identity
+            )
+        )
+        for name, kind in METHODS.items()
+    }
+    seen: set[grpc.StatusCode] = set()
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        method=st.sampled_from(sorted(METHODS)),
+        messages=st.lists(st.binary(max_size=300), min_size=1, max_size=3),
+    )
+    def poke(method, messages):
+        try:
+            if METHODS[method] == "unary":
+                calls[method](messages[0], timeout=5)
+            else:
+                list(calls[method](iter(messages), timeout=5))
+            seen.add(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            assert exc.code() in (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.INTERNAL,  # protobuf parse failure, reported by grpc itself
+            ), (method, exc.code(), exc.details())
+            seen.add(exc.code())
+
+    try:
+        poke()
+    finally:
+        channel.close()
+    server.wait_healthy()
+    with SplitClient(server.target) as client:
+        assert client.describe().models
+    assert len(seen) >= 2
+
+
+def test_reflection_lists_the_services(resnet_artifacts, serve):
+    server = serve(TailHost([resnet_artifacts[0]]))
+    with grpc.insecure_channel(server.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        (reply,) = list(stub.ServerReflectionInfo(iter([request]), timeout=5))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"splitinfer.v1.SplitInference", "grpc.health.v1.Health"} <= names
+
+
+def test_serve_prints_where_it_listens_and_stops_gracefully_on_sigterm(resnet_artifacts):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "partitioner.cli", "serve", str(resnet_artifacts[0]), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        assert line.startswith("listening on 127.0.0.1:")
+        port = int(line.rsplit(":", 1)[1])
+        with SplitClient(f"127.0.0.1:{port}") as client:
+            client.wait_ready(10)
+            assert client.describe().models
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_serve_with_a_bad_directory_is_one_line_and_exit_2(tmp_path):
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "partitioner.cli", "serve", str(tmp_path), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "manifest.json" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert time.perf_counter() - start < 60
