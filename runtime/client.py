@@ -100,12 +100,10 @@ class SplitClient:
     ) -> Reply:
         """Run ``cut``'s tail on ``tensors``; raises a splitinfer error on failure."""
         request = pb.InferRequest(
-            model=model,
-            cut=cut,
-            request_id=request_id,
-            tensors=[tensor_to_proto(t) for t in tensors],
-            response_codec=response_codec,
+            model=model, cut=cut, request_id=request_id, response_codec=response_codec
         )
+        for tensor in tensors:
+            tensor_to_proto(tensor, request.tensors.add())
         start = time.perf_counter()
         try:
             response = self.stub.Infer(request, timeout=timeout, metadata=self.metadata)
@@ -186,10 +184,9 @@ def stream_messages(
     the rest of each payload in chunks."""
     header = pb.InferRequest(model=model, cut=cut, request_id=request_id)
     for encoded in tensors:
-        message = tensor_to_proto(encoded)
+        message = tensor_to_proto(encoded, header.tensors.add())
         message.payload = encoded.payload[:chunk_bytes]
         message.payload_size = len(encoded.payload)
-        header.tensors.append(message)
     yield pb.StreamRequest(request=header)
     for index, encoded in enumerate(tensors):
         for offset in range(chunk_bytes, len(encoded.payload), chunk_bytes):

@@ -171,7 +171,11 @@ def encode(array: np.ndarray, spec: CodecSpec = CodecSpec(), *, name: str = "") 
 
 
 def decode(encoded: Encoded, *, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
-    """The tensor in ``encoded``, after checking it; CodecError on any inconsistency."""
+    """The tensor in ``encoded``, after checking it; CodecError on any inconsistency.
+
+    ``raw`` and ``zstd`` tensors come back read-only (views of the payload's
+    bytes, which saves a copy); take ``.copy()`` to write to one.
+    """
     codec = encoded.codec
     if encoded.version != CODEC_VERSION:
         raise CodecError(
@@ -186,12 +190,13 @@ def decode(encoded: Encoded, *, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarra
             f"tensor of shape {list(encoded.shape)} and dtype {encoded.dtype} needs "
             f"{count * dtype.itemsize} bytes, more than the limit of {max_bytes}"
         )
+    # raw and zstd tensors are read-only views of their bytes: no copy on the hot path
     if codec is Codec.RAW:
         values = _exact_buffer(encoded.payload, count * dtype.itemsize, "raw payload")
-        return np.frombuffer(values, dtype=dtype).reshape(encoded.shape).copy()
+        return np.frombuffer(values, dtype=dtype).reshape(encoded.shape)
     if codec is Codec.ZSTD:
         values = _decompress(encoded, count, dtype.itemsize)
-        return np.frombuffer(values, dtype=dtype).reshape(encoded.shape).copy()
+        return np.frombuffer(values, dtype=dtype).reshape(encoded.shape)
     if codec is Codec.FP16_ZSTD:
         half = np.frombuffer(_decompress(encoded, count, 2), dtype="<f2")
         return half.astype(dtype).reshape(encoded.shape)

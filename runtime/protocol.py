@@ -8,18 +8,22 @@ from runtime.tails import HostLimits, ServedModel
 from runtime.wire import splitinfer_pb2 as pb
 
 
-def tensor_to_proto(encoded: Encoded) -> pb.Tensor:
-    message = pb.Tensor(
-        name=encoded.name,
-        dtype=encoded.dtype,
-        shape=list(encoded.shape),
-        codec=encoded.codec.value,
-        codec_version=encoded.version,
-        shuffle=encoded.shuffle,
-        scale=list(encoded.scale),
-        zero_point=list(encoded.zero_point),
-        payload=encoded.payload,
-    )
+def tensor_to_proto(encoded: Encoded, message: pb.Tensor | None = None) -> pb.Tensor:
+    """Fill ``message`` (a new Tensor by default) from ``encoded``.
+
+    Pass ``request.tensors.add()`` to write the payload straight into its place:
+    building the outer message from a list of Tensors would copy every payload again.
+    """
+    message = pb.Tensor() if message is None else message
+    message.name = encoded.name
+    message.dtype = encoded.dtype
+    message.shape.extend(encoded.shape)
+    message.codec = encoded.codec.value
+    message.codec_version = encoded.version
+    message.shuffle = encoded.shuffle
+    message.scale.extend(encoded.scale)
+    message.zero_point.extend(encoded.zero_point)
+    message.payload = encoded.payload
     if encoded.axis is not None:
         message.axis = encoded.axis
     return message
