@@ -189,9 +189,8 @@ def main() -> int:
     print("| cut tensor | splitinfer overhead ms | bare echo ms | ratio |\n|---|---:|---:|---:|")
     for label, r in rows.items():
         print(f"| {label} | {r['overhead_ms']:.2f} | {r['echo_ms']:.2f} | {r['ratio']:.2f} |")
-    print(
-        f"\n{load['requests_per_s']:.0f} requests/s with {CLIENTS} clients, 64 KB tensors, {load['errors']} errors"
-    )
+    rate, errors = load["requests_per_s"], load["errors"]
+    print(f"\n{rate:.0f} requests/s with {CLIENTS} clients, 64 KB tensors, {errors} errors")
     return 0
 
 

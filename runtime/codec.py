@@ -126,7 +126,7 @@ class Encoded:
     codec: Codec
     dtype: str
     shape: tuple[int, ...]
-    payload: bytes
+    payload: bytes | memoryview  # a raw tensor's payload may be a view of its array
     shuffle: bool = False
     scale: tuple[float, ...] = ()
     zero_point: tuple[int, ...] = ()
@@ -144,8 +144,9 @@ def encode(array: np.ndarray, spec: CodecSpec = CodecSpec(), *, name: str = "") 
         raise CodecError(f"codec {spec.codec.value} cannot carry {dtype} tensors")
     shape = tuple(int(d) for d in array.shape)
     little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    if spec.codec is Codec.RAW:
-        return Encoded(Codec.RAW, dtype, shape, little.tobytes(), name=name)
+    if spec.codec is Codec.RAW:  # a view, not a copy: the wire writer copies it once
+        view = memoryview(little.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+        return Encoded(Codec.RAW, dtype, shape, view, name=name)
     if spec.codec is Codec.ZSTD:
         return Encoded(
             spec.codec, dtype, shape, _compress(little, spec), shuffle=spec.shuffle, name=name
@@ -223,7 +224,7 @@ def _compress(array: np.ndarray, spec: CodecSpec) -> bytes:
 
 def _decompress(encoded: Encoded, count: int, itemsize: int) -> bytes:
     expected = count * itemsize
-    payload = encoded.payload
+    payload = bytes(encoded.payload)  # compressed: small, and zstandard wants bytes
     try:
         claimed = zstandard.frame_content_size(payload)
     except zstandard.ZstdError as exc:
@@ -242,7 +243,7 @@ def _decompress(encoded: Encoded, count: int, itemsize: int) -> bytes:
         data = reader.read(expected + 1)
     except zstandard.ZstdError as exc:
         raise CodecError(f"corrupted {encoded.codec.value} payload: {exc}") from exc
-    data = _exact_buffer(data, expected, f"decompressed {encoded.codec.value} payload")
+    _exact_buffer(data, expected, f"decompressed {encoded.codec.value} payload")
     return _unshuffle(data, itemsize) if encoded.shuffle and itemsize > 1 else data
 
 
@@ -256,7 +257,7 @@ def _unshuffle(data: bytes, itemsize: int) -> bytes:
     return planes.T.tobytes()
 
 
-def _exact_buffer(data: bytes, expected: int, what: str) -> bytes:
+def _exact_buffer(data: bytes | memoryview, expected: int, what: str) -> bytes | memoryview:
     if len(data) != expected:
         more = " or more" if len(data) > expected else ""
         raise CodecError(f"{what} has {len(data)} bytes{more}, expected {expected}")

@@ -8,8 +8,11 @@ from runtime.tails import HostLimits, ServedModel
 from runtime.wire import splitinfer_pb2 as pb
 
 
-def tensor_to_proto(encoded: Encoded, message: pb.Tensor | None = None) -> pb.Tensor:
-    """Fill ``message`` (a new Tensor by default) from ``encoded``.
+def tensor_to_proto(
+    encoded: Encoded, message: pb.Tensor | None = None, *, payload: bool = True
+) -> pb.Tensor:
+    """Fill ``message`` (a new Tensor by default) from ``encoded`` (without the payload
+    when ``payload`` is false: runtime.fastwire writes it).
 
     Pass ``request.tensors.add()`` to write the payload straight into its place:
     building the outer message from a list of Tensors would copy every payload again.
@@ -23,13 +26,14 @@ def tensor_to_proto(encoded: Encoded, message: pb.Tensor | None = None) -> pb.Te
     message.shuffle = encoded.shuffle
     message.scale.extend(encoded.scale)
     message.zero_point.extend(encoded.zero_point)
-    message.payload = encoded.payload
+    if payload:
+        message.payload = bytes(encoded.payload)
     if encoded.axis is not None:
         message.axis = encoded.axis
     return message
 
 
-def tensor_from_proto(message: pb.Tensor, payload: bytes | None = None) -> Encoded:
+def tensor_from_proto(message: pb.Tensor, payload: bytes | memoryview | None = None) -> Encoded:
     """An Encoded tensor; CodecError for an unknown codec (never read as raw)."""
     return Encoded(
         codec=Codec.parse(message.codec or "raw"),
