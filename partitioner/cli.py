@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import typing
 from collections.abc import Sequence
@@ -272,8 +273,10 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     for flag in ("threads", "batch", "samples", "repeats"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be at least 1")
-    if not args.slowdown > 0:
-        raise ValueError("--slowdown must be positive")
+    if not (math.isfinite(args.slowdown) and args.slowdown > 0):
+        raise ValueError("--slowdown must be a positive, finite number")
+    if not 1 <= args.threads <= 1024:
+        raise ValueError("--threads must be between 1 and 1024")
     graph = ModelGraph.load(args.model)
     feeds = calibration_feeds(graph, calib=args.calib, samples=max(args.samples, args.batch))
     options = ProfileOptions(
@@ -305,8 +308,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         parse_duration_ms(args.rtt),
         None if args.downlink is None else parse_rate(args.downlink),
     )
-    if args.max_error < 0:
-        raise ValueError("--max-error cannot be negative")
+    if not (math.isfinite(args.max_error) and args.max_error >= 0):
+        raise ValueError("--max-error must be a finite number, 0 or more")
     codecs = None if args.codecs is None else frozenset(c.strip() for c in args.codecs.split(","))
     constraints = Constraints(
         codecs=codecs, max_error=args.max_error, keep_input_on_device=args.keep_input_on_device
@@ -337,6 +340,8 @@ def _cmd_check_profile(args: argparse.Namespace) -> int:
     from partitioner.profile import calibration_feeds, load_profile
     from partitioner.report import check_profile, format_check
 
+    if args.samples < 1:
+        raise ValueError("--samples must be at least 1")
     graph = ModelGraph.load(args.model)
     profile = load_profile(args.profile, graph)
     feeds = calibration_feeds(graph, calib=args.calib, samples=max(args.samples, profile.batch))

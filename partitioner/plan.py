@@ -61,8 +61,8 @@ def parse_rate(text: str) -> float:
     bits = value * _PREFIX[prefix.lower()]
     if unit.startswith(("B", "byte")):  # B, Bps, byte(s): bytes; b, bit(s), bps: bits
         bits *= 8
-    if bits <= 0:
-        raise ValueError(f"bad rate {text!r}: it must be positive")
+    if not (math.isfinite(bits) and bits > 0):
+        raise ValueError(f"bad rate {text!r}: it must be a positive, finite number")
     return bits
 
 
@@ -72,7 +72,10 @@ def parse_duration_ms(text: str) -> float:
     if not match:
         raise ValueError(f"bad duration {text!r}: expected a number and a unit, like 40ms or 0.1s")
     value, unit = float(match.group(1)), (match.group(2) or "ms").lower()
-    return value * {"us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    ms = value * {"us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    if not math.isfinite(ms):
+        raise ValueError(f"bad duration {text!r}: it must be finite")
+    return ms
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,11 @@ class Planner:
                     f"the {profile.device} profile was taken of another model "
                     f"({profile.model}, sha256 {profile.sha256[:12]}…): profile {self.graph.name}"
                 )
+        if {c.id for c in self.edge.cuts} != {c.id for c in self.cloud.cuts}:
+            raise ProfileError(
+                "the edge and cloud profiles measured different cuts: profile both with the "
+                "same settings"
+            )
         if self.edge.batch != self.cloud.batch:
             raise ProfileError(
                 f"the profiles use different batch sizes ({self.edge.batch} and "
@@ -506,13 +514,14 @@ def sweep(
             }
         )
     default_json: dict[str, Any] = {}
-    if default is not None:
-        choice = planner.choose(default, constraints)
+    if default is not None:  # the best for the default link among the cuts kept
+        options = sorted(planner.candidates(default, constraints), key=lambda p: p.total_ms)
+        best = next(p for p in options if p.cut in kept)
         default_json = {
             "link": asdict(default),
-            "cut": choice.best.cut,
-            "codec": choice.best.codec,
-            "predicted_ms": choice.best.total_ms,
+            "cut": best.cut,
+            "codec": best.codec,
+            "predicted_ms": best.total_ms,
         }
     return Plan(
         model=planner.graph.name,
@@ -567,6 +576,12 @@ def _prune(grid: dict[Any, list[Prediction]], kept: set[str], tolerance: float) 
         kept = kept - {min(trial)[1]}
 
 
+def _strings(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings, found {value!r}")
+    return list(value)
+
+
 def load_plan(path: str | Path, graph: ModelGraph | None = None) -> Plan:
     """Read a PLAN.json; with ``graph``, check it was made for that model."""
     path = Path(path)
@@ -590,22 +605,44 @@ def load_plan(path: str | Path, graph: ModelGraph | None = None) -> Plan:
             cuts=tuple(
                 {
                     "id": str(c["id"]),
-                    "tensors": [str(t) for t in c["tensors"]],
-                    "device_outputs": [str(o) for o in c.get("device_outputs", [])],
-                    "codecs": [str(k) for k in c["codecs"]],
+                    "tensors": _strings(c["tensors"]),
+                    "device_outputs": _strings(c.get("device_outputs", [])),
+                    "codecs": _strings(c["codecs"]),
                 }
                 for c in raw["cuts"]
             ),
             segments=tuple(Segment(**s) for s in raw["segments"]),
             default=dict(raw.get("default", {})),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except Exception as exc:  # any shape of JSON can come in
         raise PlanError(f"{path}: malformed plan: missing or bad field {exc}") from exc
+    _check_plan(plan, path)
     if graph is not None and plan.sha256 != model_sha256(graph.model):
         raise PlanError(
             f"{path} was made for another model ({plan.model}); plan {graph.name} again"
         )
     return plan
+
+
+def _check_plan(plan: Plan, path: Path) -> None:
+    ids = [c["id"] for c in plan.cuts]
+    if not ids:
+        raise PlanError(f"{path}: the plan names no cut")
+    if len(set(ids)) != len(ids):
+        raise PlanError(f"{path}: cut ids appear twice")
+    for entry in plan.cuts:
+        for key in ("tensors", "device_outputs", "codecs"):
+            if not isinstance(entry[key], list):
+                raise PlanError(f"{path}: cut {entry['id']}: {key} must be a list")
+    for segment in plan.segments:
+        if segment.cut not in ids:
+            raise PlanError(f"{path}: a segment uses cut {segment.cut!r}, which the plan lacks")
+        numbers = (segment.rtt_ms, segment.uplink_from_mbit, segment.uplink_to_mbit)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in numbers):
+            raise PlanError(f"{path}: segment links must be finite non-negative numbers")
+    default = plan.default.get("cut")
+    if default is not None and default not in ids:
+        raise PlanError(f"{path}: the default cut {default!r} is not among the plan's cuts")
 
 
 def plan_cuts(graph: ModelGraph, plan: Plan) -> list[Cut]:

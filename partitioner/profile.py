@@ -16,6 +16,7 @@ and encode times and the cloud's tail and decode times.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 import tempfile
@@ -161,16 +162,36 @@ def calibration_feeds(
         raise SplitInferError(
             f"{calib}: no calibration data for input {missing[0]!r} (expected {missing[0]}.npy)"
         )
-    counts = {len(a) for a in feeds.values()}
-    if len(counts) != 1:
-        raise SplitInferError(f"{calib}: inputs have different sample counts {sorted(counts)}")
     for name, array in feeds.items():
         spec = graph.spec(name)
         if array.dtype.name != spec.dtype:
             raise SplitInferError(
                 f"{calib}/{name}.npy has dtype {array.dtype}, the model expects {spec.dtype}"
             )
+        _check_calibration_shape(calib, name, array, spec.shape)
+    counts = {len(a) for a in feeds.values()}
+    if len(counts) != 1:
+        raise SplitInferError(f"{calib}: inputs have different sample counts {sorted(counts)}")
     return feeds
+
+
+def _check_calibration_shape(
+    calib: Path, name: str, array: np.ndarray, shape: tuple[int | str | None, ...] | None
+) -> None:
+    if array.ndim == 0:
+        raise SplitInferError(f"{calib}/{name}.npy is a scalar; expected samples along axis 0")
+    if shape is None:
+        return
+    if array.ndim != len(shape):
+        raise SplitInferError(
+            f"{calib}/{name}.npy has shape {list(array.shape)}, the model expects rank "
+            f"{len(shape)} ({list(shape)})"
+        )
+    for axis, (want, got) in enumerate(zip(shape[1:], array.shape[1:], strict=True), 1):
+        if isinstance(want, int) and want != got:
+            raise SplitInferError(
+                f"{calib}/{name}.npy has {got} on dimension {axis}, the model expects {want}"
+            )
 
 
 def _batches(
@@ -457,7 +478,7 @@ def load_profile(path: str | Path, graph: ModelGraph | None = None) -> Profile:
         )
     try:
         profile = _profile_from_json(raw)
-    except (KeyError, TypeError, ValueError) as exc:
+    except Exception as exc:  # any shape of JSON can come in
         raise ProfileError(f"{path}: malformed profile: missing or bad field {exc}") from exc
     _check_numbers(profile, path)
     if graph is not None and profile.sha256 != model_sha256(graph.model):
@@ -480,7 +501,11 @@ def _profile_from_json(raw: dict[str, Any]) -> Profile:
     cuts = []
     for c in raw["cuts"]:
         errors = {
-            k: OutputError(float(v["max_abs"]), float(v["rel_l2"]), v.get("top1"))
+            str(k): OutputError(
+                float(v["max_abs"]),
+                float(v["rel_l2"]),
+                None if v.get("top1") is None else float(v["top1"]),
+            )
             for k, v in c.get("errors", {}).items()
         }
         cuts.append(
@@ -524,9 +549,15 @@ def _check_numbers(profile: Profile, path: Path) -> None:
                 f"{path}: {where} is {value}; times and sizes must be finite and >= 0"
             )
 
-    if profile.slowdown <= 0 or profile.batch <= 0:
-        raise ProfileError(f"{path}: slowdown and batch must be positive")
+    if not (math.isfinite(profile.slowdown) and profile.slowdown > 0):
+        raise ProfileError(f"{path}: slowdown must be a positive number")
+    if profile.batch < 1 or profile.samples < 1 or not 1 <= profile.threads <= 1024:
+        raise ProfileError(f"{path}: batch and samples must be at least 1, threads 1 to 1024")
+    ids = [c.id for c in profile.cuts]
+    if len(set(ids)) != len(ids):
+        raise ProfileError(f"{path}: cut ids appear twice")
     check(profile.full_ms.median_ms, "full_ms.median_ms")
+    check(profile.full_ms.p90_ms, "full_ms.p90_ms")
     for cut in profile.cuts:
         for side, timing in (("head_ms", cut.head_ms), ("tail_ms", cut.tail_ms)):
             if timing is not None:
@@ -537,6 +568,11 @@ def _check_numbers(profile: Profile, path: Path) -> None:
         for label, cost in cut.codecs.items():
             for name in ("bytes", "encode_ms", "decode_ms"):
                 check(getattr(cost, name), f"cut {cut.id} codec {label} {name}")
+        for label, error in cut.errors.items():
+            check(error.max_abs, f"cut {cut.id} codec {label} max_abs")
+            check(error.rel_l2, f"cut {cut.id} codec {label} rel_l2")
+            if error.top1 is not None and not 0 <= error.top1 <= 1:
+                raise ProfileError(f"{path}: cut {cut.id} codec {label} top1 must be in [0, 1]")
     for tensor, per in profile.tensors.items():
         for label, cost in per.items():
             for name in ("bytes", "encode_ms", "decode_ms"):

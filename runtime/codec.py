@@ -142,6 +142,10 @@ def encode(array: np.ndarray, spec: CodecSpec = CodecSpec(), *, name: str = "") 
     dtype = array.dtype.name
     if not spec.codec.accepts(dtype):
         raise CodecError(f"codec {spec.codec.value} cannot carry {dtype} tensors")
+    if not 1 <= spec.level <= 22:
+        raise CodecError(f"zstd level {spec.level} is out of range (1 to 22)")
+    if spec.axis is not None and not -array.ndim <= spec.axis < array.ndim:
+        raise CodecError(f"axis {spec.axis} is out of range for a tensor of rank {array.ndim}")
     shape = tuple(int(d) for d in array.shape)
     little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
     if spec.codec is Codec.RAW:  # a view, not a copy: the wire writer copies it once
@@ -178,13 +182,18 @@ def decode(encoded: Encoded, *, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarra
     bytes, which saves a copy); take ``.copy()`` to write to one.
     """
     codec = encoded.codec
+    if not isinstance(codec, Codec):
+        codec = Codec.parse(str(codec))
+    if not isinstance(encoded.payload, (bytes, bytearray, memoryview)):
+        raise CodecError(f"the payload must be bytes, not {type(encoded.payload).__name__}")
     if encoded.version != CODEC_VERSION:
         raise CodecError(
             f"codec version {encoded.version} is not supported (expected {CODEC_VERSION})"
         )
-    if not codec.accepts(encoded.dtype):
+    if not isinstance(encoded.dtype, str) or not codec.accepts(encoded.dtype):
         raise CodecError(f"codec {codec.value} cannot carry {encoded.dtype!r} tensors")
-    count = _element_count(encoded.shape)
+    shape = _checked_shape(encoded.shape)
+    count = math.prod(shape)
     dtype = np.dtype(encoded.dtype).newbyteorder("<")
     if count * dtype.itemsize > max_bytes:
         raise CodecError(
@@ -194,16 +203,16 @@ def decode(encoded: Encoded, *, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarra
     # raw and zstd tensors are read-only views of their bytes: no copy on the hot path
     if codec is Codec.RAW:
         values = _exact_buffer(encoded.payload, count * dtype.itemsize, "raw payload")
-        return np.frombuffer(values, dtype=dtype).reshape(encoded.shape)
+        return np.frombuffer(values, dtype=dtype).reshape(shape)
     if codec is Codec.ZSTD:
         values = _decompress(encoded, count, dtype.itemsize)
-        return np.frombuffer(values, dtype=dtype).reshape(encoded.shape)
+        return np.frombuffer(values, dtype=dtype).reshape(shape)
     if codec is Codec.FP16_ZSTD:
         half = np.frombuffer(_decompress(encoded, count, 2), dtype="<f2")
-        return half.astype(dtype).reshape(encoded.shape)
-    scale, zero_point = _checked_quantization(encoded)
-    q = np.frombuffer(_decompress(encoded, count, 1), dtype=np.int8).reshape(encoded.shape)
-    return _dequantize(q, scale, zero_point, encoded.axis, dtype)
+        return half.astype(dtype).reshape(shape)
+    scale, zero_point, axis = _checked_quantization(encoded, shape)
+    q = np.frombuffer(_decompress(encoded, count, 1), dtype=np.int8).reshape(shape)
+    return _dequantize(q, scale, zero_point, axis, dtype)
 
 
 def encoded_size(encoded: Encoded) -> int:
@@ -225,26 +234,51 @@ def _compress(array: np.ndarray, spec: CodecSpec) -> bytes:
 def _decompress(encoded: Encoded, count: int, itemsize: int) -> bytes:
     expected = count * itemsize
     payload = bytes(encoded.payload)  # compressed: small, and zstandard wants bytes
+    name = encoded.codec.value
     try:
         claimed = zstandard.frame_content_size(payload)
-    except zstandard.ZstdError as exc:
+        checksum = zstandard.get_frame_parameters(payload).has_checksum
+        size = _frame_size(payload)
+    except (zstandard.ZstdError, ValueError) as exc:
+        raise CodecError(f"corrupted {name} payload: not a zstd frame ({exc})") from exc
+    if size != len(payload):
         raise CodecError(
-            f"corrupted {encoded.codec.value} payload: not a zstd frame ({exc})"
-        ) from exc
+            f"corrupted {name} payload: its zstd frame takes {size} bytes, the payload has "
+            f"{len(payload)} (one frame, nothing after it)"
+        )
+    if not checksum:
+        raise CodecError(f"{name} frames must carry a checksum (zstd's --check)")
     if claimed not in (-1, expected):
         raise CodecError(
-            f"{encoded.codec.value} frame claims {claimed} bytes, but shape "
-            f"{list(encoded.shape)} needs {expected}"
+            f"{name} frame claims {claimed} bytes, but shape {list(encoded.shape)} needs {expected}"
         )
     try:
-        # Bounded: reads at most one byte more than the tensor can hold, whatever
-        # the frame says (frames written in streaming mode carry no content size).
-        reader = zstandard.ZstdDecompressor().stream_reader(payload, read_across_frames=False)
-        data = reader.read(expected + 1)
+        # Bounded either way: with a content size (checked above) decompress()
+        # allocates exactly that; without one (streaming mode) max_output_size holds.
+        data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=expected)
     except zstandard.ZstdError as exc:
-        raise CodecError(f"corrupted {encoded.codec.value} payload: {exc}") from exc
-    _exact_buffer(data, expected, f"decompressed {encoded.codec.value} payload")
+        raise CodecError(f"corrupted {name} payload: {exc}") from exc
+    _exact_buffer(data, expected, f"decompressed {name} payload")
     return _unshuffle(data, itemsize) if encoded.shuffle and itemsize > 1 else data
+
+
+def _frame_size(payload: bytes) -> int:
+    """The size of the zstd frame at the start of ``payload``, from its block headers."""
+    pos = zstandard.frame_header_size(payload)
+    while True:
+        if pos + 3 > len(payload):
+            raise ValueError("the frame is truncated")
+        header = int.from_bytes(payload[pos : pos + 3], "little")
+        pos += 3
+        last, kind, size = header & 1, (header >> 1) & 3, header >> 3
+        if kind == 3:
+            raise ValueError("a reserved block type")
+        pos += 1 if kind == 1 else size  # an RLE block holds one byte
+        if last:
+            break
+    if zstandard.get_frame_parameters(payload).has_checksum:
+        pos += 4
+    return pos
 
 
 def _shuffle(array: np.ndarray) -> bytes:
@@ -264,10 +298,21 @@ def _exact_buffer(data: bytes | memoryview, expected: int, what: str) -> bytes |
     return data
 
 
-def _element_count(shape: tuple[int, ...]) -> int:
-    if any(not isinstance(d, int) or d < 0 for d in shape):
-        raise CodecError(f"bad shape {list(shape)}: dimensions must be non-negative integers")
-    return math.prod(shape)
+MAX_DIM = 1 << 40
+
+
+def _checked_shape(shape: object) -> tuple[int, ...]:
+    """The shape as plain ints: non-negative integers (numpy ints too, bools not)."""
+    if not isinstance(shape, (tuple, list)):
+        raise CodecError(f"bad shape {shape!r}: expected a sequence of dimensions")
+    dims = []
+    for d in shape:
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
+            raise CodecError(f"bad shape {list(shape)}: dimensions must be integers")
+        if not 0 <= int(d) <= MAX_DIM:
+            raise CodecError(f"bad shape {list(shape)}: dimensions must lie in [0, 2**40]")
+        dims.append(int(d))
+    return tuple(dims)
 
 
 # --------------------------------------------------------------------------- int8
@@ -289,7 +334,10 @@ def _quantization(array: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.n
         high = np.maximum(np.max(array, axis=others), 0.0).astype(np.float64)
     if not (np.isfinite(low).all() and np.isfinite(high).all()):
         raise CodecError("int8+zstd cannot carry inf or NaN values")
-    scale = (high - low) / 255.0
+    with np.errstate(over="ignore"):
+        scale = (high - low) / 255.0
+    if not np.isfinite(scale).all():
+        raise CodecError("int8+zstd cannot carry values this large (their range overflows)")
     scale = np.where(scale > 0, scale, 1.0)
     zero_point = np.clip(np.round(-128 - low / scale), -128, 127).astype(np.int64)
     return scale, zero_point
@@ -319,24 +367,32 @@ def _dequantize(
     return ((q.astype(np.float64) - z) * s).astype(dtype)
 
 
-def _checked_quantization(encoded: Encoded) -> tuple[np.ndarray, np.ndarray]:
+def _checked_quantization(
+    encoded: Encoded, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, int | None]:
     axis = encoded.axis
     if axis is None:
         channels = 1
     else:
-        ndim = len(encoded.shape)
-        if not -ndim <= axis < ndim:
-            raise CodecError(f"axis {axis} is out of range for a tensor of rank {ndim}")
-        channels = encoded.shape[axis]
+        ndim = len(shape)
+        if isinstance(axis, bool) or not isinstance(axis, int) or not -ndim <= axis < ndim:
+            raise CodecError(f"axis {axis!r} is out of range for a tensor of rank {ndim}")
+        channels = shape[axis]
     if len(encoded.scale) != channels or len(encoded.zero_point) != channels:
         raise CodecError(
             f"int8+zstd needs {channels} scale(s) and zero point(s), "
             f"got {len(encoded.scale)} and {len(encoded.zero_point)}"
         )
+    if not all(isinstance(s, (float, int, np.floating, np.integer)) for s in encoded.scale):
+        raise CodecError("int8+zstd scales must be numbers")
+    if not all(_is_int(z) and -128 <= int(z) <= 127 for z in encoded.zero_point):
+        raise CodecError("int8+zstd zero points must be integers in [-128, 127]")
     scale = np.asarray(encoded.scale, dtype=np.float64)
-    zero_point = np.asarray(encoded.zero_point, dtype=np.int64)
+    zero_point = np.asarray([int(z) for z in encoded.zero_point], dtype=np.int64)
     if not (np.isfinite(scale).all() and (scale > 0).all()):
         raise CodecError("int8+zstd scales must be finite and positive")
-    if ((zero_point < -128) | (zero_point > 127)).any():
-        raise CodecError("int8+zstd zero points must lie in [-128, 127]")
-    return scale, zero_point
+    return scale, zero_point, axis
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))

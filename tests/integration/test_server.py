@@ -134,7 +134,7 @@ def _bad_requests(directory):
     def retensor(tensors, **change):
         return [dataclasses.replace(tensors[0], **change), *tensors[1:]]
 
-    bomb = zstandard.ZstdCompressor().compress(bytes(1 << 22))
+    bomb = zstandard.ZstdCompressor(write_checksum=True).compress(bytes(1 << 22))
 
     def corrupted(ts):
         return retensor(ts, codec=Codec.ZSTD, payload=b"\x28\xb5\x2f\xfd" + b"\xff" * 40)

@@ -3,6 +3,7 @@ what the user allows."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from partitioner import ModelGraph
 from partitioner.mincut import head_cost
-from partitioner.plan import Constraints, Link, Planner, sweep
+from partitioner.plan import Constraints, Link, Planner, load_plan, sweep
 from partitioner.profile import CodecCost
 from runtime.errors import PlanError
 from tests.graphs import Builder
@@ -150,3 +151,21 @@ def test_codecs_restricts_the_choice_and_an_unknown_one_is_an_error():
         planner.choose(link, Constraints(codecs=frozenset({"lz4"})))
     with pytest.raises(PlanError, match="none of the codecs"):
         planner.choose(link, Constraints(codecs=frozenset({"fp16+zstd"})))
+
+
+def test_the_plans_default_is_one_of_its_cuts_and_load_plan_checks_it(tmp_path):
+    planner, _, _ = _chain()
+    plan = sweep(planner, default=Link(500e6, 5.0))
+    assert plan.default["cut"] in {c["id"] for c in plan.cuts}
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    assert load_plan(path) == plan
+    raw = json.loads(path.read_text())
+    raw["default"]["cut"] = "c999"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(PlanError, match="default cut 'c999'"):
+        load_plan(path)
+    raw["default"]["cut"], raw["cuts"] = plan.default["cut"], []
+    path.write_text(json.dumps(raw))
+    with pytest.raises(PlanError, match="names no cut"):
+        load_plan(path)

@@ -89,7 +89,7 @@ def test_a_profile_of_another_model_is_refused(profile, tmp_path):
         (lambda raw: raw["cuts"][1]["codecs"]["zstd"].update(bytes=float("nan")), "must be finite"),
         (lambda raw: raw.update(kind="something"), "not a splitinfer profile"),
         (lambda raw: raw.pop("cuts"), "malformed profile"),
-        (lambda raw: raw.update(slowdown=0), "must be positive"),
+        (lambda raw: raw.update(slowdown=0), "must be a positive number"),
     ],
 )
 def test_impossible_or_malformed_profiles_are_refused(profile, tmp_path, change, message):
@@ -103,6 +103,8 @@ def test_a_profile_missing_cuts_is_refused(chain, profile, tmp_path):
 
     partial = load_profile(_tampered(profile, tmp_path, drop_edge))
     with pytest.raises(ProfileError, match="lacks the 'edge' cut"):
+        Planner(chain, partial, partial)
+    with pytest.raises(ProfileError, match="measured different cuts"):
         Planner(chain, partial, profile)
 
 
@@ -167,3 +169,31 @@ def test_bad_units_are_one_line_errors(profile, tmp_path, capsys, flag, value, m
     code = main(["plan", str(model), "--edge", str(path), "--cloud", str(path), flag, value])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda raw: raw["cuts"][1]["errors"]["int8+zstd"].update(rel_l2=-0.5), "rel_l2"),
+        (lambda raw: raw["cuts"][1]["errors"]["int8+zstd"].update(top1=3), "top1"),
+        (lambda raw: raw.update(slowdown=float("inf")), "slowdown"),
+        (lambda raw: raw["full_ms"].update(p90_ms=-1), "p90_ms"),
+        (lambda raw: raw.update(threads=1_000_000), "threads"),
+        (lambda raw: raw.update(tensors=[]), "malformed"),
+        (lambda raw: raw["cuts"].append(dict(raw["cuts"][0])), "appear twice"),
+    ],
+)
+def test_profiles_with_impossible_errors_or_settings_are_refused(
+    profile, tmp_path, change, message
+):
+    with pytest.raises(ProfileError, match=message):
+        load_profile(_tampered(profile, tmp_path, change))
+
+
+def test_calibration_arrays_of_the_wrong_rank_are_refused(chain, tmp_path):
+    np.save(tmp_path / "image.npy", np.ones((2, 5), np.float32))
+    with pytest.raises(Exception, match="expects rank 4"):
+        calibration_feeds(chain, calib=tmp_path)
+    np.save(tmp_path / "image.npy", np.float32(1.0))
+    with pytest.raises(Exception, match="scalar"):
+        calibration_feeds(chain, calib=tmp_path)
