@@ -32,6 +32,7 @@ from partitioner.graph import ModelGraph, members
 from partitioner.mincut import CutCosts, optimal_cut
 from partitioner.profile import Profile
 from partitioner.split import model_sha256
+from runtime.artifacts import read_json
 from runtime.codec import Codec, CodecSpec
 from runtime.errors import CodecError, PlanError, ProfileError
 
@@ -585,12 +586,7 @@ def _strings(value: Any) -> list[str]:
 def load_plan(path: str | Path, graph: ModelGraph | None = None) -> Plan:
     """Read a PLAN.json; with ``graph``, check it was made for that model."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PlanError(f"{path}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise PlanError(f"{path}: not a JSON plan ({exc})") from exc
+    raw = read_json(path, "plan", PlanError)
     if (
         not isinstance(raw, dict)
         or raw.get("kind") != PLAN_KIND

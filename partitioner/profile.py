@@ -32,6 +32,7 @@ import onnxruntime as ort
 from partitioner.cuts import Cut, enumerate_cuts
 from partitioner.graph import ModelGraph, is_sendable
 from partitioner.split import model_sha256, submodel, write_artifacts
+from runtime.artifacts import read_json
 from runtime.codec import Codec, CodecSpec, decode, encode, encoded_size
 from runtime.engine import CutRunner, SessionOptions, make_session, run_session
 from runtime.errors import ProfileError, SplitInferError
@@ -230,6 +231,17 @@ def time_call(
     return Timing(float(np.median(samples)), float(np.percentile(samples, 90)))
 
 
+def _time_session(
+    session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], options: ProfileOptions
+) -> Timing:
+    return time_call(
+        lambda: run_session(session, feeds),
+        warmup=options.warmup,
+        repeats=options.repeats,
+        min_time_ms=options.min_time_ms,
+    )
+
+
 def _scaled(t: Timing, k: float) -> Timing:
     return Timing(t.median_ms * k, t.p90_ms * k)
 
@@ -280,12 +292,7 @@ def profile_model(
             Progress(len(manifest.cuts) + 2, f"profiling ({options.device})") if progress else None
         )
         full = make_session(Path(tmp) / manifest.full, session_options)
-        full_ms = time_call(
-            lambda: run_session(full, batches[0]),
-            warmup=options.warmup,
-            repeats=options.repeats,
-            min_time_ms=options.min_time_ms,
-        )
+        full_ms = _time_session(full, batches[0], options)
         if bar:
             bar.step("full model")
         tensor_costs = _tensor_codec_costs(activations, names, options)
@@ -386,24 +393,9 @@ def _profile_cut(
 ) -> CutProfile:
     cut = runner.cut
     first = activations[0]
-    head_ms = tail_ms = None
-    if runner.head is not None:
-        head = runner.head
-        head_ms = time_call(
-            lambda: run_session(head, first),
-            warmup=options.warmup,
-            repeats=options.repeats,
-            min_time_ms=options.min_time_ms,
-        )
     sent = {t.name: first[t.name] for t in cut.tensors}
-    if runner.tail is not None:
-        tail = runner.tail
-        tail_ms = time_call(
-            lambda: run_session(tail, sent),
-            warmup=options.warmup,
-            repeats=options.repeats,
-            min_time_ms=options.min_time_ms,
-        )
+    head_ms = None if runner.head is None else _time_session(runner.head, first, options)
+    tail_ms = None if runner.tail is None else _time_session(runner.tail, sent, options)
     k = options.slowdown
     labels = [s.label for s in options.codecs]
     codecs = {}
@@ -464,12 +456,7 @@ def _output_error(
 def load_profile(path: str | Path, graph: ModelGraph | None = None) -> Profile:
     """Read and check a profile; with ``graph``, check that it was taken of that model."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ProfileError(f"{path}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise ProfileError(f"{path}: not a JSON profile ({exc})") from exc
+    raw = read_json(path, "profile", ProfileError)
     if not isinstance(raw, dict) or raw.get("kind") != PROFILE_KIND:
         raise ProfileError(f'{path}: not a splitinfer profile (no "kind": "{PROFILE_KIND}")')
     if raw.get("format") != PROFILE_FORMAT:

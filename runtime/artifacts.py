@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import ArtifactError
+from runtime.errors import ArtifactError, SplitInferError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -187,18 +187,22 @@ def save_manifest(manifest: Manifest, directory: str | Path) -> Path:
     return path
 
 
+def read_json(path: Path, what: str, error: type[SplitInferError], hint: str = "") -> Any:
+    """The JSON in ``path``; ``error`` saying so when it is missing or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: no such file{hint}") from None
+    except (OSError, ValueError) as exc:
+        raise error(f"{path}: cannot read the {what}: {exc}") from exc
+
+
 def load_manifest(directory: str | Path) -> Manifest:
     """Read ``DIR/manifest.json``; a missing or malformed one is an ArtifactError."""
     path = Path(directory) / MANIFEST_NAME
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(
-            f"{path}: no such file; is {directory} an artifact directory?"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{path}: cannot read the manifest: {exc}") from exc
+    hint = f"; is {directory} an artifact directory?"
+    obj = read_json(path, "manifest", ArtifactError, hint)
     try:
         return Manifest.from_json(obj)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ArtifactError(f"{path}: malformed manifest: missing or bad field {exc}") from exc
