@@ -1,6 +1,7 @@
 """splitinfer's device and cloud runtime: needs numpy, onnxruntime, grpcio, protobuf
 and zstandard, never torch or the partitioner."""
 
+from runtime.adaptive import EdgeOptions, EdgeRuntime
 from runtime.artifacts import CutArtifact, Manifest, TensorSpec, load_manifest
 from runtime.errors import (
     ArtifactError,
@@ -15,6 +16,8 @@ __all__ = [
     "ArtifactError",
     "CutArtifact",
     "CutError",
+    "EdgeOptions",
+    "EdgeRuntime",
     "ExportError",
     "Manifest",
     "ModelError",

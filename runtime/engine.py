@@ -69,12 +69,16 @@ class CutRunner:
         manifest: Manifest,
         cut: CutArtifact,
         options: SessionOptions = SessionOptions(),
+        *,
+        load_tail: bool = True,
     ) -> None:
         self.cut = cut
         self.outputs = [o.name for o in manifest.outputs]
         root = Path(directory)
         self.head = None if cut.head is None else make_session(inside(root, cut.head), options)
-        self.tail = None if cut.tail is None else make_session(inside(root, cut.tail), options)
+        self.tail = None
+        if cut.tail is not None and load_tail:  # a device needs only the head
+            self.tail = make_session(inside(root, cut.tail), options)
 
     def run_head(self, feeds: Feeds) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Run the head: (tensors to send, model outputs kept on the device)."""

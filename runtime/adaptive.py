@@ -1,0 +1,298 @@
+"""The adaptive edge runtime: per request, local or split at the cut predicted
+fastest for the link as it is now; never a lost request.
+
+For each request the runtime predicts the latency of every served cut,
+
+    head (measured here) + encode + bytes / uplink + RTT + server (as it reports) + decode,
+
+and of running the whole model here, from its own recent measurements and the
+link estimator (runtime.link), and takes the least. It runs locally when that
+is predicted faster, when no cut fits the deadline, or when the circuit
+breaker is open. A split that fails (unreachable, reset, silent past the
+deadline, refused) completes locally: path ``"fallback"``, counted, never an
+exception to the caller. A background prober refreshes stale estimates and
+closes the breaker as soon as the server answers again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from runtime.artifacts import load_manifest
+from runtime.client import ClientTLS, SplitClient
+from runtime.codec import CodecSpec, encode, encoded_size
+from runtime.edge import Result
+from runtime.engine import CutRunner, SessionOptions, example_feeds, make_session, run_session
+from runtime.errors import OverloadedError, SplitInferError
+from runtime.link import CircuitBreaker, LinkEstimator
+
+EWMA = 0.3
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EdgeOptions:
+    """How the runtime behaves. ``slowdown`` emulates a device that many times slower
+    (local compute is dilated by sleeping); ``exact`` turns ONNX Runtime's graph
+    optimizations off, so that every path gives bit-identical outputs."""
+
+    deadline_ms: float = 200.0
+    codec: str = "raw"
+    slowdown: float = 1.0
+    exact: bool = False
+    uplink_bps: float = 10e6  # the estimator's seed
+    rtt_ms: float = 40.0
+    probe_interval_s: float = 0.2
+    stale_s: float = 0.5
+    local_margin: float = 1.0  # a split must be predicted this many times faster
+
+
+@dataclass
+class _CutCosts:
+    """What one cut recently cost, per request (ms, bytes)."""
+
+    head_ms: float
+    encode_ms: float = 0.0
+    server_ms: float = 0.0
+    decode_ms: float = 0.0
+    up_bytes: float = 0.0
+    down_bytes: float = 0.0
+
+
+@dataclass
+class _Stats:
+    paths: dict[str, int] = field(default_factory=lambda: {"local": 0, "split": 0, "fallback": 0})
+    failures: dict[str, int] = field(default_factory=dict)
+    calls: int = 0
+    by_cut: dict[str, int] = field(default_factory=dict)
+
+
+def _blend(old: float, new: float) -> float:
+    return (1 - EWMA) * old + EWMA * new
+
+
+class EdgeRuntime:
+    """Runs a model on the device, splitting it with a server when that pays off.
+
+    Thread-safe; use as a context manager or call close().
+    """
+
+    def __init__(
+        self, directory: str | Path, client: SplitClient, options: EdgeOptions = EdgeOptions()
+    ) -> None:
+        self.directory = Path(directory)
+        self.client = client
+        self.options = options
+        self.manifest = load_manifest(directory)
+        self.codec = CodecSpec.parse(options.codec)
+        sessions = SessionOptions(optimize=not options.exact)
+        self.local = make_session(self.directory / self.manifest.full, sessions)
+        planned = {c["id"] for c in (self.manifest.plan or {}).get("cuts", [])}
+        self.cuts: dict[str, CutRunner] = {
+            cut.id: CutRunner(self.directory, self.manifest, cut, sessions, load_tail=False)
+            for cut in self.manifest.cuts
+            if cut.tail is not None and (not planned or cut.id in planned)
+        }
+        self.link = LinkEstimator(uplink_bps=options.uplink_bps, rtt_ms=options.rtt_ms)
+        self.breaker = CircuitBreaker()
+        self._lock = threading.Lock()
+        self._stats = _Stats()
+        self.local_ms, self.costs = self._warm_up()
+        self._closing = threading.Event()
+        self._prober = threading.Thread(target=self._probe_loop, daemon=True)
+        self._prober.start()
+
+    @classmethod
+    def from_dir(
+        cls,
+        directory: str | Path,
+        target: str,
+        *,
+        token: str | None = None,
+        tls: ClientTLS | None = None,
+        **options: object,
+    ) -> EdgeRuntime:
+        """A runtime for an artifact directory and a server at ``target`` (HOST:PORT)."""
+        return cls(directory, SplitClient(target, token=token, tls=tls), EdgeOptions(**options))  # type: ignore[arg-type]
+
+    def __enter__(self) -> EdgeRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._prober.join(timeout=5)
+        self.client.close()
+
+    # ---- measuring
+
+    def _compute(self, run: Callable[..., T], *args: Any) -> tuple[T, float]:
+        """Run, and dilate the time it took by the slowdown factor (sleeping)."""
+        start = time.perf_counter()
+        result = run(*args)
+        elapsed = time.perf_counter() - start
+        if self.options.slowdown > 1:
+            time.sleep(elapsed * (self.options.slowdown - 1))
+        return result, elapsed * self.options.slowdown * 1000
+
+    def _warm_up(self) -> tuple[float, dict[str, _CutCosts]]:
+        """Measure the local model and every head once, on example inputs."""
+        feeds = example_feeds(self.manifest.inputs, batch=1)
+        _, local_ms = self._compute(run_session, self.local, feeds)
+        costs = {}
+        for cut_id, runner in self.cuts.items():
+            (sent, _), head_ms = self._compute(runner.run_head, feeds)
+            up = sum(encoded_size(encode(v, self.codec)) for v in sent.values())
+            costs[cut_id] = _CutCosts(head_ms=head_ms, up_bytes=up)
+        return local_ms, costs
+
+    # ---- choosing
+
+    def predict(self, cut_id: str) -> float:
+        """Predicted latency (ms) of one request through ``cut_id`` on the link as estimated."""
+        c = self.costs[cut_id]
+        link = self.link.estimate()
+        transfer = (c.up_bytes + c.down_bytes) * 8 / link.uplink_bps * 1000
+        return c.head_ms + c.encode_ms + transfer + link.rtt_ms + c.server_ms + c.decode_ms
+
+    def _choose(self) -> tuple[str | None, float]:
+        with self._lock:
+            options = {cut_id: self.predict(cut_id) for cut_id in self.costs}
+            local = self.local_ms
+        if not options:
+            return None, local
+        best = min(options, key=options.__getitem__)
+        fits = options[best] <= self.options.deadline_ms
+        if fits and options[best] * self.options.local_margin < local:
+            return best, options[best]
+        return None, local
+
+    # ---- serving
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> Result:
+        """Every model output for ``feeds``; path "local", "split" or "fallback"."""
+        start = time.perf_counter()
+        cut_id, _ = self._choose()
+        if cut_id is not None and self.breaker.allow():
+            try:
+                return self._split(cut_id, feeds, start)
+            except SplitInferError as exc:
+                self._failed(exc)
+                return self._run_local(feeds, start, "fallback", cut_id)
+        return self._run_local(feeds, start, "local", "edge")
+
+    def _split(self, cut_id: str, feeds: Mapping[str, np.ndarray], start: float) -> Result:
+        runner = self.cuts[cut_id]
+        (sent, kept), head_ms = self._compute(runner.run_head, feeds)
+        begin = time.perf_counter()
+        tensors = [encode(value, self.codec, name=name) for name, value in sent.items()]
+        encode_ms = (time.perf_counter() - begin) * 1000
+        remaining = self.options.deadline_ms - (time.perf_counter() - start) * 1000
+        with self._lock:
+            self._stats.calls += 1
+        reply = self.client.infer(
+            self.manifest.model, cut_id, tensors, timeout=max(remaining, 1.0) / 1000
+        )
+        timing = reply.server
+        server_ms = timing.queue_ms + timing.decode_ms + timing.compute_ms + timing.encode_ms
+        network_ms = max(reply.round_trip_ms - server_ms, 0.0)
+        up = sum(encoded_size(t) for t in tensors)
+        down = sum(v.nbytes for v in reply.outputs.values())
+        self.link.observe(up + down, network_ms)
+        self.breaker.success()
+        with self._lock:
+            c = self.costs[cut_id]
+            c.head_ms, c.encode_ms = _blend(c.head_ms, head_ms), _blend(c.encode_ms, encode_ms)
+            c.server_ms, c.decode_ms = (
+                _blend(c.server_ms, server_ms),
+                _blend(c.decode_ms, reply.decode_ms),
+            )
+            c.up_bytes, c.down_bytes = up, down
+            self._count("split", cut_id)
+        outputs = {**kept, **reply.outputs}
+        return Result(
+            {o.name: outputs[o.name] for o in self.manifest.outputs},
+            "split",
+            cut_id,
+            {
+                "head_ms": head_ms,
+                "encode_ms": encode_ms,
+                "network_ms": network_ms,
+                "server_ms": server_ms,
+                "decode_ms": reply.decode_ms,
+                "total_ms": (time.perf_counter() - start) * 1000,
+            },
+        )
+
+    def _run_local(
+        self, feeds: Mapping[str, np.ndarray], start: float, path: str, cut: str
+    ) -> Result:
+        values, local_ms = self._compute(run_session, self.local, feeds)
+        with self._lock:
+            self.local_ms = _blend(self.local_ms, local_ms)
+            self._count(path, cut if path == "fallback" else "edge")
+        outputs = values
+        return Result(
+            {o.name: outputs[o.name] for o in self.manifest.outputs},
+            path,
+            "edge" if path == "local" else cut,
+            {"local_ms": local_ms, "total_ms": (time.perf_counter() - start) * 1000},
+        )
+
+    def _count(self, path: str, cut: str) -> None:
+        self._stats.paths[path] += 1
+        self._stats.by_cut[cut] = self._stats.by_cut.get(cut, 0) + 1
+
+    def _failed(self, exc: SplitInferError) -> None:
+        kind = getattr(exc, "code", None) or type(exc).__name__
+        with self._lock:
+            self._stats.failures[kind] = self._stats.failures.get(kind, 0) + 1
+        if not isinstance(exc, OverloadedError):  # a busy server is there: keep calling
+            self.breaker.failure()
+
+    # ---- probing
+
+    def _probe_loop(self) -> None:
+        while not self._closing.wait(self.options.probe_interval_s):
+            open_ = self.breaker.snapshot()["state"] != CircuitBreaker.CLOSED
+            link = self.link.estimate()
+            stale = link.rate_age_s > self.options.stale_s  # small splits say nothing of it
+            if not (open_ or stale) or not self.breaker.allow():
+                continue
+            # big enough to measure throughput (16 KiB), about 20 ms of the link at most
+            size = int(min(max(link.uplink_bps * 0.02 / 8, 16 * 1024), 256 * 1024))
+            try:
+                round_trip, server_ms = self.client.probe(0, 0, timeout=0.5)
+                self.link.observe_rtt(round_trip - server_ms)
+                round_trip, server_ms = self.client.probe(size, 0, timeout=0.5)
+                self.link.observe(size, round_trip - server_ms)
+            except SplitInferError:
+                self.breaker.failure()
+                continue
+            self.breaker.success()
+
+    # ---- reporting
+
+    def stats(self) -> dict[str, object]:
+        """Requests per path and per cut, failures, calls made, breaker and link estimates."""
+        link = self.link.estimate()
+        with self._lock:
+            return {
+                "paths": dict(self._stats.paths),
+                "cuts": dict(self._stats.by_cut),
+                "failures": dict(self._stats.failures),
+                "calls": self._stats.calls,
+                "breaker": self.breaker.snapshot(),
+                "link": {"uplink_bps": link.uplink_bps, "rtt_ms": link.rtt_ms, "age_s": link.age_s},
+                "local_ms": self.local_ms,
+                "predicted_ms": {c: self.predict(c) for c in self.costs},
+            }

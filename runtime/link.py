@@ -1,0 +1,148 @@
+"""What the device knows of its link: throughput and round trip from real transfers,
+and a circuit breaker that stops it from calling a server that is not there.
+
+Times come from a clock passed in (``time.monotonic`` by default), so tests can
+drive them.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Clock = Callable[[], float]
+
+MIN_BYTES_FOR_RATE = 16 * 1024  # smaller transfers say little about throughput
+
+
+@dataclass(frozen=True)
+class LinkEstimate:
+    uplink_bps: float
+    rtt_ms: float
+    age_s: float  # since the last measurement of anything
+    rate_age_s: float  # since the last throughput measurement
+
+
+class LinkEstimator:
+    """EWMA estimates of throughput and round-trip time, seeded with defaults.
+
+    A sample of a call is its network time: the client's round trip minus the
+    time the server says it spent. Calls under 16 KiB measure the RTT (what the
+    throughput does not explain), larger ones the throughput (what the RTT does
+    not explain), in log space so that a halving and a doubling weigh the same.
+    Each estimate moves toward the median of its last three samples, so one
+    outlier moves nothing while a real change shows in two calls.
+    """
+
+    def __init__(
+        self,
+        *,
+        uplink_bps: float = 10e6,
+        rtt_ms: float = 40.0,
+        alpha: float = 0.5,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.alpha = alpha
+        self.clock = clock
+        self._log_rate = math.log(uplink_bps)
+        self._rtt = rtt_ms
+        self._updated = self._rate_updated = clock()
+        self._rates: collections.deque[float] = collections.deque(maxlen=3)
+        self._rtts: collections.deque[float] = collections.deque(maxlen=3)
+        self._lock = threading.Lock()
+
+    def estimate(self) -> LinkEstimate:
+        with self._lock:
+            now = self.clock()
+            return LinkEstimate(
+                math.exp(self._log_rate), self._rtt, now - self._updated, now - self._rate_updated
+            )
+
+    def observe(self, bytes_sent: float, network_ms: float) -> None:
+        """One call: bytes on the wire (both ways) and its network time in ms."""
+        network_ms = max(network_ms, 0.01)
+        with self._lock:
+            if bytes_sent < MIN_BYTES_FOR_RATE:
+                transfer_ms = bytes_sent * 8 / math.exp(self._log_rate) * 1000
+                self._rtt = self._blend_rtt(max(network_ms - transfer_ms, 0.01))
+            else:
+                seconds = max(network_ms - self._rtt, 0.05 * network_ms) / 1000
+                self._rates.append(math.log(bytes_sent * 8 / seconds))
+                robust = statistics.median(self._rates)
+                self._log_rate += self.alpha * (robust - self._log_rate)
+                self._rate_updated = self.clock()
+            self._updated = self.clock()
+
+    def observe_rtt(self, rtt_ms: float) -> None:
+        """An empty probe's round trip."""
+        with self._lock:
+            self._rtt = self._blend_rtt(max(rtt_ms, 0.01))
+            self._updated = self.clock()
+
+    def _blend_rtt(self, sample: float) -> float:
+        self._rtts.append(sample)
+        return (1 - self.alpha) * self._rtt + self.alpha * statistics.median(self._rtts)
+
+
+class CircuitBreaker:
+    """Closed: calls go through. After ``threshold`` failures in a row it opens: no
+    call goes through until ``backoff_s`` has passed, when one trial (half-open) may;
+    its success closes the breaker, its failure doubles the wait, up to ``max_backoff_s``.
+    """
+
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+    def __init__(
+        self,
+        *,
+        threshold: int = 1,
+        backoff_s: float = 0.25,
+        max_backoff_s: float = 1.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.threshold = threshold
+        self.initial_backoff = backoff_s
+        self.max_backoff = max_backoff_s
+        self.clock = clock
+        self.failures = 0
+        self.backoff = backoff_s
+        self.opened_at = 0.0
+        self.state = self.CLOSED
+        self.trial_running = False
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        """Whether a call may go to the server now (at most one trial while half-open)."""
+        with self._lock:
+            if self.state == self.CLOSED:
+                return True
+            if self.state == self.OPEN and self.clock() - self.opened_at >= self.backoff:
+                self.state = self.HALF_OPEN
+            if self.state == self.HALF_OPEN and not self.trial_running:
+                self.trial_running = True
+                return True
+            return False
+
+    def success(self) -> None:
+        with self._lock:
+            self.state, self.failures, self.trial_running = self.CLOSED, 0, False
+            self.backoff = self.initial_backoff
+
+    def failure(self) -> None:
+        with self._lock:
+            self.failures += 1
+            was_trial = self.state == self.HALF_OPEN
+            self.trial_running = False
+            if was_trial:
+                self.backoff = min(self.backoff * 2, self.max_backoff)
+            if was_trial or self.failures >= self.threshold:
+                self.state, self.opened_at = self.OPEN, self.clock()
+
+    def snapshot(self) -> dict[str, object]:
+        with self._lock:
+            return {"state": self.state, "failures": self.failures, "backoff_s": self.backoff}

@@ -1,0 +1,202 @@
+"""The adaptive edge runtime behind the link emulator: it follows the bandwidth,
+falls back locally on every kind of failure, comes back, and loses nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from bench.linkem import LinkEmulator
+from partitioner import ModelGraph, cut_from_tensors, write_artifacts
+from runtime.adaptive import EdgeOptions, EdgeRuntime
+from runtime.client import SplitClient
+from runtime.engine import SessionOptions, make_session, run_session
+from runtime.tails import TailHost
+from tests.graphs import Builder
+
+EXACT = SessionOptions(optimize=False)
+SLOWDOWN = 20.0  # the emulated device is 20x slower than this machine
+
+
+def _model():
+    """x (64 KiB) -> MatMul -> h (256 B) -> a heavy MLP -> y: sending x is best on a fast
+    link, sending h on a slow one, and running it all here on a very slow one."""
+    b = Builder("adaptive", seed=11)
+    x = b.input("x", ["N", 16384])
+    h = b.op("Relu", [b.op("MatMul", [x, b.weight([16384, 64], scale=0.01)])])
+    wide = b.op("Relu", [b.op("MatMul", [h, b.weight([64, 2048], scale=0.1)])])
+    wide = b.op("Relu", [b.op("MatMul", [wide, b.weight([2048, 1024], scale=0.03)])])
+    b.output(b.op("MatMul", [wide, b.weight([1024, 10], scale=0.03)]))
+    return b.model(), h
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("adaptive")
+    model, h = _model()
+    graph = ModelGraph.load(model)
+    cuts = [
+        cut_from_tensors(graph, ["x"], cut_id="cloud"),
+        cut_from_tensors(graph, [h], cut_id="mid"),
+    ]
+    write_artifacts(graph, cuts, directory)
+    return directory, h
+
+
+@pytest.fixture
+def server(artifacts, serve):
+    return serve(TailHost([artifacts[0]], session_options=EXACT))
+
+
+def _feeds(seed=0):
+    return {"x": np.random.default_rng(seed).standard_normal((1, 16384)).astype(np.float32)}
+
+
+def _runtime(directory, target, **options):
+    defaults = EdgeOptions(
+        deadline_ms=300.0, slowdown=SLOWDOWN, exact=True, rtt_ms=1.0, uplink_bps=1e9
+    )
+    return EdgeRuntime(directory, SplitClient(target), dataclasses.replace(defaults, **options))
+
+
+def _paths(runtime, count, feeds=None):
+    return [(r.path, r.cut) for r in (runtime.infer(feeds or _feeds()) for _ in range(count))]
+
+
+def test_a_bandwidth_drop_moves_to_a_smaller_cut_and_recovery_moves_back(artifacts, server):
+    directory, _ = artifacts
+    with (
+        LinkEmulator("127.0.0.1", server.port) as link,
+        _runtime(directory, link.address, deadline_ms=2000) as runtime,
+    ):
+        assert _paths(runtime, 5)[-1] == ("split", "cloud")  # 64 KiB is cheap on loopback
+        link.set(up_bps=2e6, down_bps=2e6)
+        after_drop = _paths(runtime, 6)
+        assert after_drop[-1] != ("split", "cloud"), after_drop
+        assert after_drop[-1] in (("split", "mid"), ("local", "edge"))
+        assert after_drop.index(after_drop[-1]) <= 4, "it moved within a few requests"
+        link.set(up_bps=None, down_bps=None)
+        deadline = time.monotonic() + 5  # probes notice within about a second
+        while _paths(runtime, 3) != [("split", "cloud")] * 3:
+            assert time.monotonic() < deadline, runtime.stats()
+            time.sleep(0.05)
+
+
+def _answered_locally_in_time(result, deadline_ms):
+    assert result.path in ("fallback", "local")
+    assert result.timing["total_ms"] <= deadline_ms + result.timing["local_ms"] + 30
+
+
+@pytest.mark.parametrize("mode", ["reset", "hang"])
+def test_a_link_cut_mid_request_is_answered_locally_within_the_deadline(mode, artifacts, server):
+    directory, _ = artifacts
+    deadline = 250.0
+    expected = run_session(make_session(directory / "model.onnx", EXACT), _feeds())
+    with (
+        LinkEmulator("127.0.0.1", server.port) as link,
+        _runtime(directory, link.address, deadline_ms=deadline) as runtime,
+    ):
+        _paths(runtime, 3)
+        link.set(up_bps=1e6)  # 64 KiB now takes ~0.5 s: the cut lands mid-transfer
+        timer = threading.Timer(0.05, link.cut, args=(mode,))
+        timer.start()
+        result = runtime.infer(_feeds())
+        timer.join()
+        assert result.path in ("fallback", "local", "split")
+        if result.path != "split":
+            _answered_locally_in_time(result, deadline)
+        for _ in range(5):  # and while the link stays down
+            result = runtime.infer(_feeds())
+            _answered_locally_in_time(result, deadline)
+            np.testing.assert_array_equal(
+                next(iter(result.outputs.values())), next(iter(expected.values()))
+            )
+        link.restore()
+        link.set(up_bps=None)
+        start = time.monotonic()
+        while _paths(runtime, 1)[-1][0] != "split":
+            assert time.monotonic() - start < 2.0, "split resumes within 2 s"
+            time.sleep(0.02)
+
+
+def _serve_process(directory, port=0):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "partitioner.cli", "serve", str(directory), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    assert line.startswith("listening on"), line
+    return process, int(line.rsplit(":", 1)[1])
+
+
+def test_a_killed_server_means_local_answers_and_a_restarted_one_resumes_within_2_s(artifacts):
+    directory, _ = artifacts
+    process, port = _serve_process(directory)
+    try:
+        with _runtime(directory, f"127.0.0.1:{port}", deadline_ms=250.0) as runtime:
+            runtime.client.wait_ready(10)
+            assert _paths(runtime, 3)[-1][0] == "split"
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+            calls_before = runtime.stats()["calls"]
+            for _ in range(30):
+                _answered_locally_in_time(runtime.infer(_feeds()), 250.0)
+            # the breaker stops calling a dead server on every request
+            assert runtime.stats()["calls"] - calls_before <= 3, runtime.stats()
+            process, _ = _serve_process(directory, port)
+            start = time.monotonic()
+            while _paths(runtime, 1)[-1][0] != "split":
+                assert time.monotonic() - start < 2.0, "split resumes within 2 s of the restart"
+                time.sleep(0.02)
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_a_flapping_link_loses_nothing_and_every_answer_is_exact(artifacts, server):
+    directory, _ = artifacts
+    inputs = [_feeds(seed) for seed in range(8)]
+    local = make_session(directory / "model.onnx", EXACT)
+    expected = [next(iter(run_session(local, f).values())) for f in inputs]
+    stop = threading.Event()
+    with (
+        LinkEmulator("127.0.0.1", server.port) as link,
+        _runtime(directory, link.address, deadline_ms=150.0) as runtime,
+    ):
+
+        def flap():
+            rng = np.random.default_rng(3)
+            while not stop.is_set():
+                time.sleep(float(rng.uniform(0.05, 0.2)))
+                link.cut("hang" if rng.integers(2) else "reset")
+                time.sleep(float(rng.uniform(0.05, 0.2)))
+                link.restore()
+
+        flapper = threading.Thread(target=flap)
+        flapper.start()
+        answers = 0
+        try:
+            for index in range(500):
+                result = runtime.infer(inputs[index % len(inputs)])
+                np.testing.assert_array_equal(
+                    next(iter(result.outputs.values())), expected[index % len(inputs)]
+                )
+                answers += 1
+        finally:
+            stop.set()
+            flapper.join()
+        stats = runtime.stats()
+    assert answers == 500 and sum(stats["paths"].values()) == 500
+    assert stats["paths"]["split"] > 0 and stats["paths"]["fallback"] + stats["paths"]["local"] > 0
