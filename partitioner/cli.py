@@ -191,6 +191,14 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument("--tls-ca", type=Path, metavar="PEM", help="trust this CA (enables TLS)")
     infer.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate (mTLS)")
     infer.add_argument("--tls-key", type=Path, metavar="PEM", help="client key (mTLS)")
+    infer.add_argument(
+        "--adaptive", action="store_true", help="choose local or a cut per request (EdgeRuntime)"
+    )
+    infer.add_argument("--deadline-ms", type=float, default=200.0, help="with --adaptive")
+    infer.add_argument("--repeat", type=int, default=1, help="run the request N times")
+    infer.add_argument(
+        "--slowdown", type=float, default=1.0, help="with --adaptive: emulate a slower device"
+    )
     infer.set_defaults(run=_cmd_infer)
 
     demo = commands.add_parser("demo", help="walk through export, cuts and split on MobileNetV2")
@@ -406,28 +414,53 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             certificate=_read(args.tls_cert),
             key=_read(args.tls_key),
         )
-    with SplitClient(args.target, token=_token(args.token_file), tls=tls) as client:
-        split = StaticSplit(
+    if args.repeat < 1 or not (math.isfinite(args.deadline_ms) and args.deadline_ms > 0):
+        raise ValueError("--repeat must be at least 1 and --deadline-ms positive")
+    client = SplitClient(args.target, token=_token(args.token_file), tls=tls)
+    runner: Any
+    if args.adaptive:
+        from runtime.adaptive import EdgeOptions, EdgeRuntime
+
+        options = EdgeOptions(
+            deadline_ms=args.deadline_ms, codec=args.codec, slowdown=args.slowdown
+        )
+        runner = EdgeRuntime(args.directory, client, options)
+    else:
+        runner = StaticSplit(
             args.directory,
             client,
             cut=args.cut,
             codec=CodecSpec.parse(args.codec),
             timeout=args.timeout,
         )
-        missing = [i.name for i in split.manifest.inputs if i.name not in feeds]
+    try:
+        missing = [i.name for i in runner.manifest.inputs if i.name not in feeds]
         if missing:
             raise ValueError(f"missing --input for model input {missing[0]!r}")
-        result = split.infer(feeds)
+        for index in range(args.repeat):
+            result = runner.infer(feeds)
+            _print_result(index, result, args.json)
+        if args.adaptive and not args.json:
+            print(json.dumps(runner.stats()))
+    finally:
+        (runner if args.adaptive else client).close()
     if args.out is not None:
         arrays: dict[str, Any] = dict(result.outputs)
         np.savez(args.out, **arrays)
-    if args.json:
-        print(json.dumps({"path": result.path, "cut": result.cut, "timing": result.timing}))
-    else:
-        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in result.outputs.items())
-        times = " ".join(f"{k.removesuffix('_ms')}={v:.2f}" for k, v in result.timing.items())
-        print(f"{result.path} via cut {result.cut}: {shapes}; ms: {times}")
     return 0
+
+
+def _print_result(index: int, result: Any, as_json: bool) -> None:
+    if as_json:
+        print(
+            json.dumps(
+                {"request": index, "path": result.path, "cut": result.cut, "timing": result.timing}
+            )
+        )
+        return
+    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in result.outputs.items())
+    times = " ".join(f"{k.removesuffix('_ms')}={v:.2f}" for k, v in result.timing.items())
+    print(f"{index}: {result.path} via cut {result.cut}: {shapes}; ms: {times}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

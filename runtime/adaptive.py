@@ -8,8 +8,9 @@ For each request the runtime predicts the latency of every served cut,
 and of running the whole model here, from its own recent measurements and the
 link estimator (runtime.link), and takes the least. It runs locally when that
 is predicted faster, when no cut fits the deadline, or when the circuit
-breaker is open. A split that fails (unreachable, reset, silent past the
-deadline, refused) completes locally: path ``"fallback"``, counted, never an
+breaker is open. A split that fails (unreachable, reset, refused) or whose
+answer is late (three times its prediction, or later than the deadline allows
+for a local run) completes locally: path ``"fallback"``, counted, never an
 exception to the caller. A background prober refreshes stale estimates and
 closes the breaker as soon as the server answers again.
 """
@@ -30,7 +31,7 @@ from runtime.client import ClientTLS, SplitClient
 from runtime.codec import CodecSpec, encode, encoded_size
 from runtime.edge import Result
 from runtime.engine import CutRunner, SessionOptions, example_feeds, make_session, run_session
-from runtime.errors import OverloadedError, SplitInferError
+from runtime.errors import DeadlineError, OverloadedError, SplitInferError
 from runtime.link import CircuitBreaker, LinkEstimator
 
 EWMA = 0.3
@@ -47,8 +48,9 @@ class EdgeOptions:
     codec: str = "raw"
     slowdown: float = 1.0
     exact: bool = False
-    uplink_bps: float = 10e6  # the estimator's seed
+    uplink_bps: float = 10e6  # the estimator's seed, unless the plan has a default link
     rtt_ms: float = 40.0
+    hedge: bool = True  # compute locally once the cloud's answer is late
     probe_interval_s: float = 0.2
     stale_s: float = 0.5
     local_margin: float = 1.0  # a split must be predicted this many times faster
@@ -100,7 +102,11 @@ class EdgeRuntime:
             for cut in self.manifest.cuts
             if cut.tail is not None and (not planned or cut.id in planned)
         }
-        self.link = LinkEstimator(uplink_bps=options.uplink_bps, rtt_ms=options.rtt_ms)
+        seed = (self.manifest.plan or {}).get("default", {}).get("link", {})
+        self.link = LinkEstimator(
+            uplink_bps=seed.get("uplink_bps", options.uplink_bps),
+            rtt_ms=seed.get("rtt_ms", options.rtt_ms),
+        )
         self.breaker = CircuitBreaker()
         self._lock = threading.Lock()
         self._stats = _Stats()
@@ -199,9 +205,23 @@ class EdgeRuntime:
         remaining = self.options.deadline_ms - (time.perf_counter() - start) * 1000
         with self._lock:
             self._stats.calls += 1
-        reply = self.client.infer(
+            remote_ms = self.predict(cut_id) - self.costs[cut_id].head_ms
+            local_ms = self.local_ms
+        pending = self.client.start_infer(
             self.manifest.model, cut_id, tensors, timeout=max(remaining, 1.0) / 1000
         )
+        # Hedge: when the answer is late (three times its prediction, 20 ms at least) or
+        # the deadline would be at risk, stop waiting and compute here.
+        hedge_ms = min(max(3 * remote_ms, 20.0), remaining - local_ms)
+        if not self.options.hedge:
+            hedge_ms = remaining
+        try:
+            reply = pending.result(timeout=max(hedge_ms, 0.0) / 1000)
+        except TimeoutError:
+            pending.cancel()
+            raise DeadlineError(
+                f"no answer within {hedge_ms:.0f} ms (predicted {remote_ms:.0f} ms): ran locally"
+            ) from None
         timing = reply.server
         server_ms = timing.queue_ms + timing.decode_ms + timing.compute_ms + timing.encode_ms
         network_ms = max(reply.round_trip_ms - server_ms, 0.0)

@@ -120,11 +120,21 @@ class SplitClient:
             data = self._infer(request, timeout=timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
-        round_trip = (time.perf_counter() - start) * 1000
-        begin = time.perf_counter()
-        response, outputs = fastwire.read(data, pb.InferResponse)
-        decoded = {t.name: decode(t) for t in outputs}
-        return Reply(decoded, response.timing, round_trip, (time.perf_counter() - begin) * 1000)
+        return _parse_reply(data, (time.perf_counter() - start) * 1000)
+
+    def start_infer(
+        self,
+        model: str,
+        cut: str,
+        tensors: Sequence[Encoded],
+        *,
+        timeout: float | None = None,
+        request_id: str = "",
+    ) -> Pending:
+        """Send an Infer call and return at once; ``Pending.result()`` waits for it."""
+        header = pb.InferRequest(model=model, cut=cut, request_id=request_id)
+        request = fastwire.write(header, tensors)
+        return Pending(self._infer.future(request, timeout=timeout, metadata=self.metadata))
 
     def infer_stream(
         self,
@@ -189,6 +199,40 @@ class SplitClient:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
         return (time.perf_counter() - start) * 1000, response.server_ms
+
+
+class Pending:
+    """An Infer call in flight."""
+
+    def __init__(self, future: grpc.Future) -> None:
+        self.future = future
+        self.start = time.perf_counter()
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def cancel(self) -> None:
+        self.future.cancel()
+
+    def result(self, timeout: float | None = None) -> Reply:
+        """The reply; TimeoutError if it has not come within ``timeout`` seconds (the call
+        goes on), a splitinfer error if the call failed."""
+        try:
+            data = self.future.result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise TimeoutError("no reply yet") from None
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        except grpc.FutureCancelledError:
+            raise error_for(grpc.StatusCode.CANCELLED, "the call was cancelled") from None
+        return _parse_reply(data, (time.perf_counter() - self.start) * 1000)
+
+
+def _parse_reply(data: bytes, round_trip_ms: float) -> Reply:
+    begin = time.perf_counter()
+    response, outputs = fastwire.read(data, pb.InferResponse)
+    decoded = {t.name: decode(t) for t in outputs}
+    return Reply(decoded, response.timing, round_trip_ms, (time.perf_counter() - begin) * 1000)
 
 
 def stream_messages(

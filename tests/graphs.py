@@ -255,6 +255,18 @@ def control_flow() -> onnx.ModelProto:
     return b.model()
 
 
+def adaptive_model() -> tuple[onnx.ModelProto, str]:
+    """x (64 KiB) -> MatMul -> h (256 B) -> a heavy MLP -> y: sending x is best on a fast
+    link, sending h on a slow one, and running it all here on a very slow one."""
+    b = Builder("adaptive", seed=11)
+    x = b.input("x", ["N", 16384])
+    h = b.op("Relu", [b.op("MatMul", [x, b.weight([16384, 64], scale=0.01)])])
+    wide = b.op("Relu", [b.op("MatMul", [h, b.weight([64, 2048], scale=0.1)])])
+    wide = b.op("Relu", [b.op("MatMul", [wide, b.weight([2048, 1024], scale=0.03)])])
+    b.output(b.op("MatMul", [wide, b.weight([1024, 10], scale=0.03)]))
+    return b.model(), h
+
+
 FAMILIES = {
     "chain_cnn": chain_cnn,
     "resnet": resnet,

@@ -20,28 +20,16 @@ from runtime.adaptive import EdgeOptions, EdgeRuntime
 from runtime.client import SplitClient
 from runtime.engine import SessionOptions, make_session, run_session
 from runtime.tails import TailHost
-from tests.graphs import Builder
+from tests.graphs import adaptive_model
 
 EXACT = SessionOptions(optimize=False)
 SLOWDOWN = 20.0  # the emulated device is 20x slower than this machine
 
 
-def _model():
-    """x (64 KiB) -> MatMul -> h (256 B) -> a heavy MLP -> y: sending x is best on a fast
-    link, sending h on a slow one, and running it all here on a very slow one."""
-    b = Builder("adaptive", seed=11)
-    x = b.input("x", ["N", 16384])
-    h = b.op("Relu", [b.op("MatMul", [x, b.weight([16384, 64], scale=0.01)])])
-    wide = b.op("Relu", [b.op("MatMul", [h, b.weight([64, 2048], scale=0.1)])])
-    wide = b.op("Relu", [b.op("MatMul", [wide, b.weight([2048, 1024], scale=0.03)])])
-    b.output(b.op("MatMul", [wide, b.weight([1024, 10], scale=0.03)]))
-    return b.model(), h
-
-
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     directory = tmp_path_factory.mktemp("adaptive")
-    model, h = _model()
+    model, h = adaptive_model()
     graph = ModelGraph.load(model)
     cuts = [
         cut_from_tensors(graph, ["x"], cut_id="cloud"),
