@@ -188,3 +188,26 @@ def test_a_flapping_link_loses_nothing_and_every_answer_is_exact(artifacts, serv
         stats = runtime.stats()
     assert answers == 500 and sum(stats["paths"].values()) == 500
     assert stats["paths"]["split"] > 0 and stats["paths"]["fallback"] + stats["paths"]["local"] > 0
+
+
+def test_concurrent_callers_all_get_exact_answers(artifacts, server):
+    directory, _ = artifacts
+    inputs = [_feeds(seed) for seed in range(4)]
+    local = make_session(directory / "model.onnx", EXACT)
+    expected = [next(iter(run_session(local, f).values())) for f in inputs]
+    with _runtime(directory, server.target) as runtime:
+        wrong: list[int] = []
+
+        def caller(index):
+            for _ in range(15):
+                result = runtime.infer(inputs[index])
+                if not np.array_equal(next(iter(result.outputs.values())), expected[index]):
+                    wrong.append(index)
+
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stats = runtime.stats()
+    assert wrong == [] and sum(stats["paths"].values()) == 60
