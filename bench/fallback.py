@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 
 from bench.linkem import LinkEmulator
-from partitioner import ModelGraph, cut_from_tensors, write_artifacts
 from runtime.adaptive import EdgeOptions, EdgeRuntime
 from runtime.client import SplitClient
 from runtime.engine import SessionOptions, make_session, run_session
-from tests.graphs import adaptive_model
+from tests.graphs import write_adaptive_artifacts
 
 DEADLINE_MS = 200.0
 SLOWDOWN = 20.0
@@ -116,13 +115,7 @@ def main() -> int:
     phase_s = 1.5 if args.quick else 4.0
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        model, h = adaptive_model()
-        graph = ModelGraph.load(model)
-        cuts = [
-            cut_from_tensors(graph, ["x"], cut_id="cloud"),
-            cut_from_tensors(graph, [h], cut_id="mid"),
-        ]
-        write_artifacts(graph, cuts, directory)
+        write_adaptive_artifacts(directory)
         feeds = {"x": np.random.default_rng(0).standard_normal((1, 16384)).astype(np.float32)}
         expected = next(
             iter(

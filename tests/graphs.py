@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from partitioner import ModelGraph, enumerate_cuts, write_artifacts
+from partitioner import ModelGraph, cut_from_tensors, enumerate_cuts, write_artifacts
 from runtime.artifacts import Manifest
 from runtime.engine import CutRunner, SessionOptions, example_feeds
 
@@ -265,6 +265,18 @@ def adaptive_model() -> tuple[onnx.ModelProto, str]:
     wide = b.op("Relu", [b.op("MatMul", [wide, b.weight([2048, 1024], scale=0.03)])])
     b.output(b.op("MatMul", [wide, b.weight([1024, 10], scale=0.03)]))
     return b.model(), h
+
+
+def write_adaptive_artifacts(directory: Path) -> str:
+    """The adaptive model split at "cloud" (sends x) and "mid" (sends h); returns h."""
+    model, h = adaptive_model()
+    graph = ModelGraph.load(model)
+    cuts = [
+        cut_from_tensors(graph, ["x"], cut_id="cloud"),
+        cut_from_tensors(graph, [h], cut_id="mid"),
+    ]
+    write_artifacts(graph, cuts, directory)
+    return h
 
 
 FAMILIES = {

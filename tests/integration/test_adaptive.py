@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 
 from bench.linkem import LinkEmulator
-from partitioner import ModelGraph, cut_from_tensors, write_artifacts
 from runtime.adaptive import EdgeOptions, EdgeRuntime
 from runtime.client import SplitClient
 from runtime.engine import SessionOptions, make_session, run_session
 from runtime.tails import TailHost
-from tests.graphs import adaptive_model
+from tests.graphs import write_adaptive_artifacts
 
 EXACT = SessionOptions(optimize=False)
 SLOWDOWN = 20.0  # the emulated device is 20x slower than this machine
@@ -29,14 +28,7 @@ SLOWDOWN = 20.0  # the emulated device is 20x slower than this machine
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     directory = tmp_path_factory.mktemp("adaptive")
-    model, h = adaptive_model()
-    graph = ModelGraph.load(model)
-    cuts = [
-        cut_from_tensors(graph, ["x"], cut_id="cloud"),
-        cut_from_tensors(graph, [h], cut_id="mid"),
-    ]
-    write_artifacts(graph, cuts, directory)
-    return directory, h
+    return directory, write_adaptive_artifacts(directory)
 
 
 @pytest.fixture
