@@ -17,6 +17,7 @@ import logging
 import math
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -452,6 +453,35 @@ async def create_server(
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return server, port
+
+
+class BackgroundServer:
+    """A server on its own event loop thread, for programs that are not asyncio
+    (the demo, tests): started on construction, ``stop()`` when done."""
+
+    def __init__(
+        self, host: TailHost, *, address: str = "127.0.0.1:0", security: Security | None = None
+    ) -> None:
+        self.host = host
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server, self.port = self._call(
+            create_server(address, host, security=security or Security())
+        )
+        self._call(self.server.start())
+        self.target = f"{address.rsplit(':', 1)[0]}:{self.port}"
+
+    def _call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
+
+    def stop(self) -> None:
+        if not self.thread.is_alive():
+            return
+        self._call(self.server.stop(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
 
 
 async def serve(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,27 +11,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from partitioner import ModelGraph, enumerate_cuts, write_artifacts
-from runtime.server import Security, create_server
+from runtime.server import BackgroundServer, Security
 from runtime.tails import TailHost
 from tests.graphs import FAMILIES
 
 
-class RunningServer:
-    """create_server() on a private event loop in a thread; stop() in teardown."""
-
-    def __init__(self, host: TailHost, security: Security | None = None) -> None:
-        self.host = host
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server, self.port = self._call(
-            create_server("127.0.0.1:0", host, security=security or Security())
-        )
-        self._call(self.server.start())
-        self.target = f"127.0.0.1:{self.port}"
-
-    def _call(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
+class RunningServer(BackgroundServer):
+    """A BackgroundServer the tests can also health-check."""
 
     def wait_healthy(self, credentials: grpc.ChannelCredentials | None = None) -> None:
         channel = (
@@ -49,12 +33,6 @@ class RunningServer:
                 health_pb2.HealthCheckRequest(service=""), wait_for_ready=True, timeout=10
             )
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
-
-    def stop(self) -> None:
-        self._call(self.server.stop(0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +50,7 @@ def serve() -> Iterator:
     started: list[RunningServer] = []
 
     def start(host: TailHost, security: Security | None = None) -> RunningServer:
-        server = RunningServer(host, security)
+        server = RunningServer(host, security=security)
         started.append(server)
         return server
 
