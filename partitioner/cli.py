@@ -201,10 +201,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     infer.set_defaults(run=_cmd_infer)
 
-    demo = commands.add_parser("demo", help="walk through export, cuts and split on MobileNetV2")
-    demo.add_argument(
-        "--out", type=Path, default=None, metavar="DIR", help="keep the artifacts in DIR"
+    demo = commands.add_parser(
+        "demo", help="the whole system on MobileNetV2 and real photos, over an emulated link"
     )
+    demo.add_argument("--model", type=Path, default=None, metavar="MODEL.onnx", help="your model")
+    demo.add_argument("--out", type=Path, default=None, metavar="DIR", help="keep the files in DIR")
+    demo.add_argument("--requests", type=int, default=8, help="requests per phase (default 8)")
+    demo.add_argument("--quick", action="store_true", help="3 requests per phase")
+    demo.add_argument("--slowdown", type=float, default=8.0, help="device slowdown (default 8)")
     demo.set_defaults(run=_cmd_demo)
     return parser
 
@@ -466,7 +470,12 @@ def _print_result(index: int, result: Any, as_json: bool) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from partitioner.demo import run_demo
 
-    return run_demo(args.out)
+    requests = 3 if args.quick else args.requests
+    if requests < 1 or not (math.isfinite(args.slowdown) and args.slowdown >= 1):
+        raise ValueError("--requests must be at least 1 and --slowdown at least 1")
+    if args.model is not None and not args.model.exists():
+        raise ValueError(f"{args.model}: no such file")
+    return run_demo(args.out, model=args.model, requests=requests, slowdown=args.slowdown)
 
 
 def format_cuts(cuts: Sequence[Cut]) -> str:

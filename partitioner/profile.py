@@ -15,6 +15,7 @@ and encode times and the cloud's tail and decode times.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import platform
@@ -121,6 +122,35 @@ class Profile:
             if cut.id == cut_id:
                 return cut
         raise ProfileError(f"the {self.device} profile has no cut {cut_id!r}")
+
+    def emulating(self, device: str, slowdown: float) -> Profile:
+        """This profile as a device ``slowdown`` times slower would measure it."""
+        k = slowdown
+        cuts = tuple(
+            CutProfile(
+                id=c.id,
+                tensors=c.tensors,
+                head_nodes=c.head_nodes,
+                head_ms=None if c.head_ms is None else _scaled(c.head_ms, k),
+                tail_ms=None if c.tail_ms is None else _scaled(c.tail_ms, k),
+                bytes=c.bytes,
+                output_bytes=c.output_bytes,
+                codecs={label: _scaled_cost(cost, k) for label, cost in c.codecs.items()},
+                errors=dict(c.errors),
+            )
+            for c in self.cuts
+        )
+        return dataclasses.replace(
+            self,
+            device=device,
+            slowdown=self.slowdown * k,
+            full_ms=_scaled(self.full_ms, k),
+            cuts=cuts,
+            tensors={
+                name: {label: _scaled_cost(cost, k) for label, cost in per.items()}
+                for name, per in self.tensors.items()
+            },
+        )
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
