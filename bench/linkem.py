@@ -105,6 +105,7 @@ class LinkEmulator:
             self._call(self._stop())
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=10)
+            self.loop.close()
 
     async def _stop(self) -> None:
         if self.server is not None:
@@ -199,6 +200,7 @@ class LinkEmulator:
             await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
         for task in (up, down):
             task.cancel()
+        await asyncio.gather(up, down, return_exceptions=True)  # a reset is expected
         self.connections.discard(pair)
         for writer in pair:
             with contextlib.suppress(Exception):
@@ -247,13 +249,11 @@ class LinkEmulator:
             await writer.drain()
 
     async def _wait_while_cut(self) -> None:
-        if self.state.mode == "reset":
-            raise ConnectionResetError("link cut")
-        if self.state.mode == "hang":
-            assert self.state.restored is not None
-            await self.state.restored.wait()  # held, as on a silent link
+        while self.state.mode != "up":
             if self.state.mode == "reset":
                 raise ConnectionResetError("link cut")
+            assert self.state.restored is not None
+            await self.state.restored.wait()  # held, as on a silent link
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

@@ -174,6 +174,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--token-file", type=Path, metavar="FILE", help="require this bearer token")
     serve.add_argument("--max-concurrent", type=int, default=2, help="tails running at once")
     serve.add_argument("--max-queued", type=int, default=32, help="waiting requests beyond that")
+    serve.add_argument(
+        "--exact",
+        action="store_true",
+        help="run tails without ONNX Runtime's graph optimizations (bit-exact answers)",
+    )
     serve.set_defaults(run=_cmd_serve)
 
     infer = commands.add_parser("infer", help="run a model split between here and a server")
@@ -394,7 +399,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         token=_token(args.token_file),
     )
     limits = HostLimits(max_concurrent=args.max_concurrent, max_queued=args.max_queued)
-    asyncio.run(serve(args.directories, args.host, args.port, limits=limits, security=security))
+    from runtime.engine import SessionOptions
+
+    sessions = SessionOptions(optimize=not args.exact)
+    asyncio.run(
+        serve(
+            args.directories,
+            args.host,
+            args.port,
+            limits=limits,
+            security=security,
+            session_options=sessions,
+        )
+    )
     return 0
 
 

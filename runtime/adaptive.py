@@ -17,6 +17,7 @@ closes the breaker as soon as the server answers again.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
@@ -32,10 +33,11 @@ from runtime.client import ClientTLS, SplitClient
 from runtime.codec import CodecSpec, encode, encoded_size
 from runtime.edge import Result
 from runtime.engine import CutRunner, SessionOptions, example_feeds, make_session, run_session
-from runtime.errors import DeadlineError, OverloadedError, SplitInferError
+from runtime.errors import DeadlineError, OverloadedError, RemoteError, SplitInferError
 from runtime.link import CircuitBreaker, LinkEstimator
 
 EWMA = 0.3
+IDLE_AFTER_S = 5.0  # no throughput probes on a link the device has not used for this long
 T = TypeVar("T")
 
 
@@ -111,6 +113,7 @@ class EdgeRuntime:
         self.breaker = CircuitBreaker()
         self._lock = threading.Lock()
         self._stats = _Stats()
+        self._last_request = time.monotonic()
         self.local_ms, self.costs = self._warm_up()
         self._closing = threading.Event()
         self._prober = threading.Thread(target=self._probe_loop, daemon=True)
@@ -194,6 +197,7 @@ class EdgeRuntime:
     def infer(self, feeds: Mapping[str, np.ndarray]) -> Result:
         """Every model output for ``feeds``; path "local", "split" or "fallback"."""
         start = time.perf_counter()
+        self._last_request = time.monotonic()
         cut_id, _ = self._choose()
         if cut_id is not None and self.breaker.allow():
             try:
@@ -218,8 +222,11 @@ class EdgeRuntime:
             self.manifest.model, cut_id, tensors, timeout=max(remaining, 1.0) / 1000
         )
         # Hedge: when the answer is late (three times its prediction, 20 ms at least) or
-        # the deadline would be at risk, stop waiting and compute here.
-        hedge_ms = min(max(3 * remote_ms, 20.0), remaining - local_ms)
+        # waiting longer would leave no time for a local run, stop and compute here.
+        # When a local run cannot meet the deadline anyway, wait for the cloud up to it.
+        hedge_ms = min(max(3 * remote_ms, 20.0), remaining)
+        if remaining - local_ms > 0:
+            hedge_ms = min(hedge_ms, remaining - local_ms)
         if not self.options.hedge:
             hedge_ms = remaining
         try:
@@ -246,6 +253,9 @@ class EdgeRuntime:
             c.up_bytes, c.down_bytes = up, down
             self._count("split", cut_id)
         outputs = {**kept, **reply.outputs}
+        missing = [o.name for o in self.manifest.outputs if o.name not in outputs]
+        if missing:
+            raise RemoteError(f"the server's answer lacks output {missing[0]!r}", "INVALID")
         return Result(
             {o.name: outputs[o.name] for o in self.manifest.outputs},
             "split",
@@ -292,20 +302,24 @@ class EdgeRuntime:
         while not self._closing.wait(self.options.probe_interval_s):
             open_ = self.breaker.snapshot()["state"] != CircuitBreaker.CLOSED
             link = self.link.estimate()
-            stale = link.rate_age_s > self.options.stale_s  # small splits say nothing of it
+            busy = time.monotonic() - self._last_request < IDLE_AFTER_S
+            stale = busy and link.rate_age_s > self.options.stale_s  # small splits say nothing
             if not (open_ or stale) or not self.breaker.allow():
                 continue
-            # big enough to measure throughput (16 KiB), about 20 ms of the link at most
-            size = int(min(max(link.uplink_bps * 0.02 / 8, 16 * 1024), 256 * 1024))
-            try:
-                round_trip, server_ms = self.client.probe(0, 0, timeout=0.5)
-                self.link.observe_rtt(round_trip - server_ms)
-                round_trip, server_ms = self.client.probe(size, 0, timeout=0.5)
-                self.link.observe(size, round_trip - server_ms)
+            timeout = max(0.5, 4 * link.rtt_ms / 1000)
+            try:  # an empty call: is the server there, and the round trip
+                round_trip, server_ms = self.client.probe(0, 0, timeout=timeout)
             except SplitInferError:
                 self.breaker.failure()
                 continue
+            self.link.observe_rtt(round_trip - server_ms)
             self.breaker.success()
+            # throughput, with about 20 ms of the link (16-64 KiB), when it takes < 0.2 s
+            size = int(min(max(link.uplink_bps * 0.02 / 8, 16 * 1024), 64 * 1024))
+            if size * 8 / link.uplink_bps < 0.2:
+                with contextlib.suppress(SplitInferError):  # slow, not gone: no breaker
+                    round_trip, server_ms = self.client.probe(size, 0, timeout=4 * timeout)
+                    self.link.observe(size, round_trip - server_ms)
 
     # ---- reporting
 

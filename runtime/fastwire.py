@@ -23,6 +23,9 @@ from runtime.wire import splitinfer_pb2 as pb
 TENSORS_FIELD = 4  # InferRequest.tensors and InferResponse.outputs
 PAYLOAD_FIELD = 10  # Tensor.payload
 _LEN = 2
+# Reading is Python work on the server's event loop: bound it.
+MAX_FIELDS = 4096  # per message
+MAX_TENSORS = 1024  # per request
 
 
 def _varint_bytes(value: int) -> bytes:
@@ -62,6 +65,8 @@ def read(data: bytes, message_class: Any) -> tuple[Any, list[Encoded]]:
     tensors: list[Encoded] = []
     for field, wire_type, start, value, end in _fields(view, 0, len(view)):
         if field == TENSORS_FIELD and wire_type == _LEN:
+            if len(tensors) >= MAX_TENSORS:
+                raise InvalidInputError(f"more than {MAX_TENSORS} tensors in one message")
             tensors.append(_tensor(view, value, end))
         else:
             rest.append(view[start:end])
@@ -91,9 +96,15 @@ def _tensor(view: memoryview, start: int, end: int) -> Encoded:
 def _fields(view: memoryview, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
     """(field, wire type, key offset, value offset, end offset) of each field."""
     pos = start
+    count = 0
     while pos < end:
+        count += 1
+        if count > MAX_FIELDS:
+            raise InvalidInputError(f"more than {MAX_FIELDS} fields in one message")
         key_start = pos
         key, pos = _varint(view, pos, end)
+        if pos - key_start > 5:
+            raise InvalidInputError("the message has a field tag longer than 5 bytes")
         field, wire_type = key >> 3, key & 7
         value = pos
         if wire_type == 0:
@@ -105,11 +116,40 @@ def _fields(view: memoryview, start: int, end: int) -> Iterator[tuple[int, int, 
             pos = value + length
         elif wire_type == 5:
             pos += 4
+        elif wire_type == 3:  # a group (deprecated, but valid): skip to its end
+            pos = _skip_group(view, pos, end, field)
         else:
             raise InvalidInputError(f"the message has a field of unsupported wire type {wire_type}")
         if pos > end or field == 0:
             raise InvalidInputError("the message is truncated or malformed")
         yield field, wire_type, key_start, value, pos
+
+
+def _skip_group(view: memoryview, pos: int, end: int, field: int) -> int:
+    depth = 1
+    while pos < end:
+        key, pos = _varint(view, pos, end)
+        inner, wire_type = key >> 3, key & 7
+        if wire_type == 4:
+            depth -= 1
+            if depth == 0:
+                if inner != field:
+                    break
+                return pos
+        elif wire_type == 3:
+            depth += 1
+        elif wire_type == 0:
+            _, pos = _varint(view, pos, end)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == _LEN:
+            length, pos = _varint(view, pos, end)
+            pos += length
+        elif wire_type == 5:
+            pos += 4
+        else:
+            break
+    raise InvalidInputError("the message has a group that does not end")
 
 
 def _varint(view: memoryview, pos: int, end: int) -> tuple[int, int]:

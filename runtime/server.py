@@ -30,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from runtime import fastwire
 from runtime.codec import CodecSpec, Encoded
+from runtime.engine import SessionOptions
 from runtime.errors import (
     DeadlineError,
     InvalidInputError,
@@ -141,7 +142,13 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             if self.cost_ms.get(key, math.inf) < INLINE_MS:
                 outputs, timing = work()  # cheaper than the hop to a worker thread
             else:
-                outputs, timing = await asyncio.to_thread(work)
+                running = asyncio.ensure_future(asyncio.to_thread(work))
+                try:
+                    outputs, timing = await asyncio.shield(running)
+                except asyncio.CancelledError:
+                    # the caller gave up, but the tail runs on: keep its slot until it ends
+                    await asyncio.wait({running})
+                    raise
             spent = timing.decode_ms + timing.compute_ms + timing.encode_ms
             self.cost_ms[key] = 0.8 * self.cost_ms.get(key, spent) + 0.2 * spent
         response = pb.InferResponse(
@@ -491,10 +498,11 @@ async def serve(
     *,
     limits: HostLimits | None = None,
     security: Security | None = None,
+    session_options: SessionOptions | None = None,
     grace_s: float = 5.0,
 ) -> None:
     """Serve until SIGTERM or SIGINT; the first stdout line says where."""
-    tails = TailHost(directories, limits=limits or HostLimits())
+    tails = TailHost(directories, limits=limits or HostLimits(), session_options=session_options)
     server, bound = await create_server(
         f"{host_address}:{port}", tails, security=security or Security()
     )

@@ -426,3 +426,36 @@ def test_a_stream_answers_each_request_while_it_is_still_open(resnet_artifacts, 
             assert answer.response.request_id == f"r{index}"
         outbox.put(None)
         assert list(responses) == []
+
+
+class CountingHost(TailHost):
+    """Slow tails that count how many run at once."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.running = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def run(self, model, cut_id, tensors, response_codec=None):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.4)
+        with self.lock:
+            self.running -= 1
+        return super().run(model, cut_id, tensors, response_codec)
+
+
+def test_cancelled_calls_keep_their_slot_until_their_tail_ends(resnet_artifacts, serve):
+    directory, _ = resnet_artifacts
+    host = CountingHost([directory], limits=HostLimits(max_concurrent=1, max_queued=16))
+    server = serve(host)
+    with SplitClient(server.target) as client:
+        manifest, cut, tensors = _good(client, directory)
+        first = client.start_infer(manifest.model, cut.id, tensors, timeout=30)
+        time.sleep(0.1)
+        first.cancel()  # the caller gives up; its tail, already running, goes on
+        after = [client.start_infer(manifest.model, cut.id, tensors, timeout=30) for _ in range(3)]
+        assert all(call.result(timeout=30).outputs for call in after)
+    assert host.most == 1
