@@ -121,3 +121,150 @@ def mobilenet_v2(pretrained: bool = True) -> MobileNetV2:
         state = torch.load(mobilenet_v2_weights_path(), map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+# Networks shaped like ResNet-50, VGG-16 and a transformer encoder, for latency
+# benchmarks: the layer shapes of the originals, random weights.
+
+
+class Bottleneck(nn.Module):
+    """ResNet's 1x1-3x3-1x1 block with a projection on the skip when shapes change."""
+
+    def __init__(self, inp: int, width: int, stride: int) -> None:
+        super().__init__()
+        out = width * 4
+        self.body = nn.Sequential(
+            nn.Conv2d(inp, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, out, 1, bias=False),
+            nn.BatchNorm2d(out),
+        )
+        self.skip: nn.Module = nn.Identity()
+        if stride != 1 or inp != out:
+            self.skip = nn.Sequential(
+                nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class ResNet50(nn.Module):
+    """ResNet-50's layout: stem, 3-4-6-3 bottleneck stages, pooling, classifier."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        ]
+        inp = 64
+        for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            for i in range(blocks):
+                layers.append(Bottleneck(inp, width, stride if i == 0 else 1))
+                inp = width * 4
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(inp, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
+        return self.fc(torch.flatten(x, 1))
+
+
+class VGG16(nn.Module):
+    """VGG-16's layout: 13 3x3 convolutions in 5 stages, then the classifier (its
+    4096-wide layers kept), over a 7x7 adaptive pool."""
+
+    CONFIG = (
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        "M",
+    )
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        inp = 3
+        for item in self.CONFIG:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(inp, int(item), 3, padding=1), nn.ReLU(inplace=True)]
+                inp = int(item)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Linear(512 * 7 * 7, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), (7, 7))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm transformer encoder layer: multi-head self-attention and an MLP."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, s, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(n, s, 3, self.heads, d // self.heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        attention = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, dim=-1)
+        x = x + self.proj((attention @ v).transpose(1, 2).reshape(n, s, d))
+        return x + self.mlp(self.norm2(x))
+
+
+class TransformerEncoder(nn.Module):
+    """A BERT-like encoder over embedded tokens: ``layers`` encoder layers, then a
+    classifier on the mean of the sequence."""
+
+    def __init__(self, dim: int = 256, heads: int = 4, layers: int = 6, classes: int = 10) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*(EncoderLayer(dim, heads) for _ in range(layers)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.layers(x)).mean(dim=1))
+
+
+def seeded(module: nn.Module, seed: int = 0) -> nn.Module:
+    """``module`` in eval mode with reproducible random weights (for timing only)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    return module.eval()

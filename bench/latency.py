@@ -1,0 +1,434 @@
+"""The latency benchmark: split inference against edge-only, cloud-only and the oracle.
+
+    .venv/bin/python -m bench.latency [--quick] [--models mobilenet_v2,resnet50,...]
+                                      [--out bench/results/latency]
+
+Models: the real MobileNetV2 (ImageNet weights), and networks shaped like
+ResNet-50, VGG-16 (112x112 inputs) and a transformer encoder (64 tokens of 256),
+with random weights (fine for timing); ``tiny`` is a small test graph. Links:
+uplink {1, 5, 10, 25, 50, 100, 1000} Mbit/s x RTT {5, 40, 100} ms through the
+link emulator (``--quick``: {10, 100, 1000} x {5, 40}). The device is this
+machine ``--slowdown`` times slower (default 8; one ONNX Runtime thread); the
+cloud is a ``splitinfer serve`` process on this machine (one thread, the other
+core). Strategies, each the median of several requests measured end to end:
+
+* edge-only: the whole model on the device;
+* cloud-only: the raw input sent, with the best lossless codec for the link;
+* planned: the planner's (cut, codec) for the true link, as a static split;
+* adaptive: EdgeRuntime started from default estimates (10 Mbit/s, 40 ms),
+  measured after a few warm-up requests;
+* oracle: every cut of the plan (and edge-only) measured, the best kept.
+
+Writes ``OUT/latency.json`` (every measurement), ``OUT/latency.md`` (tables and
+headline figures) and ``OUT/<model>.png`` (latency vs bandwidth per strategy,
+and the planned cut vs bandwidth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.linkem import LinkEmulator
+from partitioner.graph import ModelGraph
+from partitioner.plan import Constraints, Link, Planner, sweep
+from partitioner.profile import ProfileOptions, calibration_feeds, profile_model
+from partitioner.split import write_artifacts
+from runtime.adaptive import EdgeOptions, EdgeRuntime
+from runtime.client import SplitClient
+from runtime.codec import CodecSpec
+from runtime.edge import StaticSplit
+from runtime.engine import make_session, run_session
+from runtime.errors import SplitInferError
+
+UPLINKS = (1, 5, 10, 25, 50, 100, 1000)
+RTTS = (5, 40, 100)
+QUICK_UPLINKS = (10, 100, 1000)
+QUICK_RTTS = (5, 40)
+LOSSLESS = Constraints(codecs=frozenset({"raw", "zstd"}))
+MISSED = float("nan")  # a strategy that could not answer within its timeout
+
+
+def build_model(name: str, directory: Path) -> Path:
+    """The model file for ``name`` (exported with torch, or built in code for ``tiny``)."""
+    path = directory / f"{name}.onnx"
+    if name == "tiny":
+        import onnx
+
+        from tests.graphs import chain_cnn
+
+        onnx.save_model(chain_cnn(), str(path))
+        return path
+    from partitioner.export import export_module
+    from partitioner.export import models as zoo
+
+    factories: dict[str, tuple[Callable[[], Any], tuple[int, ...]]] = {
+        "mobilenet_v2": (lambda: zoo.mobilenet_v2(pretrained=True), (1, 3, 224, 224)),
+        "resnet50": (lambda: zoo.seeded(zoo.ResNet50()), (1, 3, 112, 112)),
+        "vgg16": (lambda: zoo.seeded(zoo.VGG16()), (1, 3, 112, 112)),
+        "transformer": (lambda: zoo.seeded(zoo.TransformerEncoder()), (1, 64, 256)),
+    }
+    if name not in factories:
+        raise SystemExit(f"unknown model {name!r}; known: tiny, {', '.join(factories)}")
+    factory, shape = factories[name]
+    return export_module(factory(), [shape], path)
+
+
+def _median_ms(call: Callable[[], Any], count: int) -> float:
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        try:
+            call()
+        except SplitInferError:
+            return MISSED
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[str, Any]:
+    model = build_model(name, work)
+    graph = ModelGraph.load(model)
+    feeds = calibration_feeds(graph, samples=2)
+    one = {k: v[:1] for k, v in feeds.items()}
+    options = ProfileOptions(repeats=3 if quick else 7, warmup=1, min_time_ms=0, max_tensors=1)
+    cloud = profile_model(graph, feeds, options, progress=False)
+    edge = cloud.emulating("edge", slowdown)
+    planner = Planner(graph, edge, cloud)
+    plan = sweep(planner, LOSSLESS)
+    ids = [c["id"] for c in plan.cuts] + ["cloud"]
+    artifacts = work / f"{name}-artifacts"
+    write_artifacts(
+        graph, [planner.cuts[i] for i in dict.fromkeys(ids)], artifacts, plan=plan.to_json()
+    )
+
+    uplinks, rtts = (QUICK_UPLINKS, QUICK_RTTS) if quick else (UPLINKS, RTTS)
+    requests = 3 if quick else 5
+    local = make_session(artifacts / "model.onnx")
+
+    def edge_only() -> None:
+        start = time.perf_counter()
+        run_session(local, one)
+        time.sleep((time.perf_counter() - start) * (slowdown - 1))
+
+    edge_ms = _median_ms(edge_only, requests * 2)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "partitioner.cli", "serve", str(artifacts), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert server.stdout is not None
+    port = int(server.stdout.readline().strip().rsplit(":", 1)[1])
+    points = []
+    try:
+        with LinkEmulator("127.0.0.1", port) as link, SplitClient(link.address) as client:
+            client.wait_ready(10)
+            for rtt in rtts:
+                for up in uplinks:
+                    link.set(up_bps=up * 1e6, down_bps=up * 1e6, delay_ms=rtt / 2)
+                    points.append(
+                        _point(
+                            planner,
+                            artifacts,
+                            client,
+                            link.address,
+                            one,
+                            up,
+                            rtt,
+                            edge_ms,
+                            slowdown,
+                            requests,
+                        )
+                    )
+                    print(f"  {name} {up:>5} Mbit/s {rtt:>3} ms: " + _row(points[-1]), flush=True)
+    finally:
+        os.kill(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    return {
+        "model": name,
+        "nodes": len(graph.nodes),
+        "plan_cuts": ids,
+        "edge_only_ms": edge_ms,
+        "points": points,
+    }
+
+
+def _point(
+    planner: Planner,
+    artifacts: Path,
+    client: SplitClient,
+    target: str,
+    feeds: dict[str, np.ndarray],
+    up: float,
+    rtt: float,
+    edge_ms: float,
+    slowdown: float,
+    requests: int,
+) -> dict[str, Any]:
+    link = Link(up * 1e6, rtt)
+    timeout = max(10.0, 4 * edge_ms / 1000)
+
+    def static(cut: str, codec: str) -> float:
+        split = StaticSplit(
+            artifacts,
+            client,
+            cut=cut,
+            codec=CodecSpec.parse(codec if codec != "-" else "raw"),
+            timeout=timeout,
+        )
+        # the device is emulated: dilate its head's compute as edge-only's is
+        if split.runner.head is not None:
+            split.runner.head = _slowed(split.runner.head, slowdown)
+        return _median_ms(lambda: split.infer(feeds), requests)
+
+    choice = planner.choose(link, LOSSLESS)
+    candidates = {p.cut: p for p in choice.candidates}
+    cloud_codec = min(
+        (p for p in choice.candidates if p.cut == "cloud"), key=lambda p: p.total_ms
+    ).codec
+    cloud_ms = static("cloud", cloud_codec)
+    planned = choice.best
+    planned_ms = edge_ms if planned.cut == "edge" else static(planned.cut, planned.codec)
+    oracle = {"edge": edge_ms}
+    for cut in planner_plan_cuts(artifacts):
+        if cut == "edge":
+            continue
+        codec = min(
+            (p for p in choice.candidates if p.cut == cut), key=lambda p: p.total_ms, default=None
+        )
+        oracle[cut] = static(cut, codec.codec if codec else "raw")
+    best_cut = min(oracle, key=lambda c: oracle[c] if not math.isnan(oracle[c]) else math.inf)
+    options = EdgeOptions(deadline_ms=max(1000.0, 4 * edge_ms), slowdown=slowdown)
+    with EdgeRuntime(artifacts, SplitClient(target), options) as runtime:
+        for _ in range(4):  # warm up from the default estimates
+            runtime.infer(feeds)
+        adaptive_ms = _median_ms(lambda: runtime.infer(feeds), requests)
+        cuts: dict[str, int] = runtime.stats()["cuts"]  # type: ignore[assignment]
+        adaptive_cut = max(cuts.items(), key=lambda kv: kv[1])[0]
+    return {
+        "uplink_mbit": up,
+        "rtt_ms": rtt,
+        "edge_only_ms": edge_ms,
+        "cloud_only_ms": cloud_ms,
+        "planned_ms": planned_ms,
+        "planned_cut": planned.cut,
+        "planned_codec": planned.codec,
+        "predicted_ms": planned.total_ms,
+        "adaptive_ms": adaptive_ms,
+        "adaptive_cut": adaptive_cut,
+        "oracle_ms": oracle[best_cut],
+        "oracle_cut": best_cut,
+        "measured_cuts": oracle,
+        "candidates": len(candidates),
+    }
+
+
+def planner_plan_cuts(artifacts: Path) -> list[str]:
+    from runtime.artifacts import load_manifest
+
+    return [c.id for c in load_manifest(artifacts).cuts]
+
+
+class _slowed:
+    """An ONNX Runtime session whose run() takes ``k`` times as long (an emulated device)."""
+
+    def __init__(self, session: Any, k: float) -> None:
+        self.session = session
+        self.k = k
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        result = self.session.run(*args, **kwargs)
+        time.sleep((time.perf_counter() - start) * (self.k - 1))
+        return result
+
+
+def _row(point: dict[str, Any]) -> str:
+    keys = ("edge_only_ms", "cloud_only_ms", "planned_ms", "adaptive_ms", "oracle_ms")
+    return " ".join(f"{k.removesuffix('_ms')}={point[k]:.1f}" for k in keys)
+
+
+def headline(models: list[dict[str, Any]]) -> dict[str, Any]:
+    """Figures over every (model, link) point of the run."""
+    points = [p for m in models for p in m["points"]]
+
+    def gmean(values: list[float]) -> float:
+        values = [v for v in values if v > 0 and math.isfinite(v)]
+        return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.nan
+
+    def ratio(a: str, b: str) -> list[float]:
+        return [p[a] / p[b] for p in points if math.isfinite(p[a]) and math.isfinite(p[b])]
+
+    cloud_or_inf = [
+        p["cloud_only_ms"] if math.isfinite(p["cloud_only_ms"]) else math.inf for p in points
+    ]
+    better = [min(p["edge_only_ms"], c) for p, c in zip(points, cloud_or_inf, strict=True)]
+    return {
+        "points": len(points),
+        "speedup_vs_cloud_geomean": gmean(ratio("cloud_only_ms", "planned_ms")),
+        "speedup_vs_edge_geomean": gmean(ratio("edge_only_ms", "planned_ms")),
+        "adaptive_speedup_vs_cloud_geomean": gmean(ratio("cloud_only_ms", "adaptive_ms")),
+        "worst_vs_better_of_edge_and_cloud": max(
+            p["planned_ms"] / b for p, b in zip(points, better, strict=True)
+        ),
+        "planned_over_oracle_max": max(ratio("planned_ms", "oracle_ms"), default=math.nan),
+        "planned_over_oracle_median": statistics.median(ratio("planned_ms", "oracle_ms"))
+        if points
+        else math.nan,
+        "adaptive_over_oracle_max": max(ratio("adaptive_ms", "oracle_ms"), default=math.nan),
+        "adaptive_over_oracle_median": statistics.median(ratio("adaptive_ms", "oracle_ms"))
+        if points
+        else math.nan,
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    h = results["headline"]
+    lines = [
+        f"Headline over {h['points']} (model, link) points:",
+        "",
+        "- geometric-mean speed-up of the planned cut: "
+        f"{h['speedup_vs_cloud_geomean']:.2f}x vs cloud-only, "
+        f"{h['speedup_vs_edge_geomean']:.2f}x vs edge-only "
+        f"(adaptive: {h['adaptive_speedup_vs_cloud_geomean']:.2f}x vs cloud-only)",
+        "- worst case, planned vs the better of edge-only and cloud-only: "
+        f"{h['worst_vs_better_of_edge_and_cloud']:.2f}x",
+        f"- plan quality, planned / oracle: median {h['planned_over_oracle_median']:.2f}, "
+        f"worst {h['planned_over_oracle_max']:.2f}",
+        f"- adaptive / oracle: median {h['adaptive_over_oracle_median']:.2f}, "
+        f"worst {h['adaptive_over_oracle_max']:.2f}",
+        "",
+    ]
+    header = "| uplink Mbit/s | RTT ms | edge-only | cloud-only | planned (cut) | adaptive (cut) |"
+    for m in results["models"]:
+        cuts = ", ".join(m["plan_cuts"])
+        lines += [
+            f"**{m['model']}** ({m['nodes']} nodes; plan cuts {cuts}), ms per request:",
+            "",
+            header + " oracle (cut) |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for p in m["points"]:
+            cells = [
+                str(p["uplink_mbit"]),
+                str(p["rtt_ms"]),
+                f"{p['edge_only_ms']:.1f}",
+                f"{p['cloud_only_ms']:.1f}",
+                f"{p['planned_ms']:.1f} ({p['planned_cut']})",
+                f"{p['adaptive_ms']:.1f} ({p['adaptive_cut']})",
+                f"{p['oracle_ms']:.1f} ({p['oracle_cut']})",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(model: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rtts = sorted({p["rtt_ms"] for p in model["points"]})
+    figure, axes = plt.subplots(2, len(rtts), figsize=(5 * len(rtts), 7), squeeze=False)
+    for column, rtt in enumerate(rtts):
+        points = [p for p in model["points"] if p["rtt_ms"] == rtt]
+        ups = [p["uplink_mbit"] for p in points]
+        ax = axes[0][column]
+        for key, label in (
+            ("edge_only_ms", "edge-only"),
+            ("cloud_only_ms", "cloud-only"),
+            ("planned_ms", "planned"),
+            ("adaptive_ms", "adaptive"),
+            ("oracle_ms", "oracle"),
+        ):
+            ax.plot(ups, [p[key] for p in points], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{model['model']}, RTT {rtt} ms")
+        ax.set_xlabel("uplink (Mbit/s)")
+        ax.set_ylabel("latency per request (ms)")
+        ax.legend(fontsize="small")
+        cuts = model["plan_cuts"]
+        ax = axes[1][column]
+        ax.step(
+            ups,
+            [cuts.index(p["planned_cut"]) if p["planned_cut"] in cuts else -1 for p in points],
+            where="mid",
+        )
+        ax.set_yticks(range(len(cuts)), cuts)
+        ax.set_xscale("log")
+        ax.set_xlabel("uplink (Mbit/s)")
+        ax.set_ylabel("planned cut")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict(v) for v in value]
+    return value
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer links and requests")
+    parser.add_argument("--models", default="mobilenet_v2,resnet50,vgg16,transformer")
+    parser.add_argument("--slowdown", type=float, default=8.0)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/latency"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    models = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            print(f"{name}:", flush=True)
+            models.append(measure_model(name.strip(), Path(tmp), args.slowdown, args.quick))
+    results = {
+        "machine": {
+            "processor": platform.processor(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        "command": "python -m bench.latency " + " ".join(sys.argv[1:]),
+        "slowdown": args.slowdown,
+        "seconds": time.perf_counter() - started,
+        "models": models,
+        "headline": headline(models),
+    }
+    # strict JSON: a missed measurement (NaN) is written as null
+    (args.out / "latency.json").write_text(
+        json.dumps(_strict(results), indent=1, allow_nan=False) + "\n"
+    )
+    (args.out / "latency.md").write_text(markdown(results) + "\n")
+    for model in models:
+        plot(model, args.out / f"{model['model']}.png")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""The latency benchmark's quick path, on a tiny model: valid JSON, Markdown and PNG."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def _no_nan(value: str) -> float:
+    raise ValueError(f"{value} is not valid JSON")
+
+
+def test_the_quick_benchmark_writes_its_reports(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.latency",
+            "--quick",
+            "--models",
+            "tiny",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "latency.json").read_text(), parse_constant=_no_nan)
+    (model,) = report["models"]
+    assert model["model"] == "tiny" and len(model["points"]) == 6
+    for point in model["points"]:
+        for key in ("edge_only_ms", "cloud_only_ms", "planned_ms", "adaptive_ms", "oracle_ms"):
+            assert point[key] is None or point[key] > 0
+        # the oracle is the best measured cut, so no measured cut beats it
+        measured = [v for v in point["measured_cuts"].values() if v is not None]
+        assert point["oracle_ms"] == min(measured)
+    assert report["headline"]["points"] == 6
+    table = (tmp_path / "latency.md").read_text()
+    assert "| uplink Mbit/s | RTT ms | edge-only | cloud-only |" in table
+    assert (tmp_path / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
