@@ -27,6 +27,7 @@ and the planned cut vs bandwidth).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -61,6 +62,7 @@ QUICK_UPLINKS = (10, 100, 1000)
 QUICK_RTTS = (5, 40)
 LOSSLESS = Constraints(codecs=frozenset({"raw", "zstd"}))
 MISSED = float("nan")  # a strategy that could not answer within its timeout
+WARM_UP_S = 1.5  # the adaptive runtime's time to learn the link (its prober runs every 0.2 s)
 
 
 def build_model(name: str, directory: Path) -> Path:
@@ -105,7 +107,13 @@ def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[s
     graph = ModelGraph.load(model)
     feeds = calibration_feeds(graph, samples=2)
     one = {k: v[:1] for k, v in feeds.items()}
-    options = ProfileOptions(repeats=3 if quick else 7, warmup=1, min_time_ms=0, max_tensors=1)
+    options = ProfileOptions(
+        repeats=3 if quick else 7,
+        warmup=1,
+        min_time_ms=0,
+        max_tensors=1,
+        codecs=(CodecSpec.parse("raw"), CodecSpec.parse("zstd", level=1)),  # lossless plans
+    )
     cloud = profile_model(graph, feeds, options, progress=False)
     edge = cloud.emulating("edge", slowdown)
     planner = Planner(graph, edge, cloud)
@@ -215,8 +223,11 @@ def _point(
     best_cut = min(oracle, key=lambda c: oracle[c] if not math.isnan(oracle[c]) else math.inf)
     options = EdgeOptions(deadline_ms=max(1000.0, 4 * edge_ms), slowdown=slowdown)
     with EdgeRuntime(artifacts, SplitClient(target), options) as runtime:
-        for _ in range(4):  # warm up from the default estimates
+        warm_until = time.monotonic() + WARM_UP_S
+        for count in itertools.count():  # warm up from the default estimates
             runtime.infer(feeds)
+            if count >= 3 and time.monotonic() > warm_until:
+                break
         adaptive_ms = _median_ms(lambda: runtime.infer(feeds), requests)
         cuts: dict[str, int] = runtime.stats()["cuts"]  # type: ignore[assignment]
         adaptive_cut = max(cuts.items(), key=lambda kv: kv[1])[0]
