@@ -17,9 +17,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from bench.linkem import LinkEmulator
+from bench.processes import start_server, stop
 from runtime.adaptive import EdgeOptions, EdgeRuntime
 from runtime.client import SplitClient
 from runtime.engine import SessionOptions, make_session, run_session
@@ -125,14 +123,7 @@ def main() -> int:
             )
         )
         local = local_only(directory, feeds, 100 if args.quick else 300)
-        server = subprocess.Popen(
-            [sys.executable, "-m", "partitioner.cli", "serve", str(directory), "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert server.stdout is not None
-        port = int(server.stdout.readline().strip().rsplit(":", 1)[1])
+        server, port = start_server([directory])
         try:
             with LinkEmulator("127.0.0.1", port) as link:
                 options = EdgeOptions(
@@ -149,8 +140,7 @@ def main() -> int:
                         for mode in ("reset", "hang")
                     ]
         finally:
-            os.kill(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+            stop(server)
     results = {
         "machine": {
             "processor": platform.processor(),

@@ -32,9 +32,7 @@ import json
 import math
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from bench.linkem import LinkEmulator
+from bench.processes import start_server, stop
 from partitioner.graph import ModelGraph
 from partitioner.plan import Constraints, Link, Planner, sweep
 from partitioner.profile import ProfileOptions, calibration_feeds, profile_model
@@ -118,7 +117,7 @@ def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[s
     edge = cloud.emulating("edge", slowdown)
     planner = Planner(graph, edge, cloud)
     plan = sweep(planner, LOSSLESS)
-    ids = [c["id"] for c in plan.cuts] + ["cloud"]
+    ids = list(dict.fromkeys([c["id"] for c in plan.cuts] + ["cloud"]))  # cloud: for cloud-only
     artifacts = work / f"{name}-artifacts"
     write_artifacts(
         graph, [planner.cuts[i] for i in dict.fromkeys(ids)], artifacts, plan=plan.to_json()
@@ -134,14 +133,7 @@ def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[s
         time.sleep((time.perf_counter() - start) * (slowdown - 1))
 
     edge_ms = _median_ms(edge_only, requests * 2)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "partitioner.cli", "serve", str(artifacts), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert server.stdout is not None
-    port = int(server.stdout.readline().strip().rsplit(":", 1)[1])
+    server, port = start_server([artifacts])
     points = []
     try:
         with LinkEmulator("127.0.0.1", port) as link, SplitClient(link.address) as client:
@@ -165,8 +157,7 @@ def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[s
                     )
                     print(f"  {name} {up:>5} Mbit/s {rtt:>3} ms: " + _row(points[-1]), flush=True)
     finally:
-        os.kill(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop(server)
     return {
         "model": name,
         "nodes": len(graph.nodes),

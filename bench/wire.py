@@ -15,10 +15,7 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,6 +28,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from bench.echo import LIMIT, METHOD
+from bench.processes import start, start_server, stop
 from partitioner import ModelGraph, cut_from_tensors, write_artifacts
 from runtime.client import SplitClient
 from runtime.edge import StaticSplit
@@ -48,21 +46,6 @@ def _model(name: str, width: int) -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _start(command: list[str]) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    if not line.startswith("listening on "):
-        process.kill()
-        raise RuntimeError(f"{command[2:]} did not start: {line!r}")
-    return process, line.removeprefix("listening on ")
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    os.kill(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
 
 
 def overhead(
@@ -153,18 +136,9 @@ def main() -> int:
             write_artifacts(
                 graph, [cut_from_tensors(graph, ["h"], cut_id="c1")], directories[label]
             )
-        server, target = _start(
-            [
-                sys.executable,
-                "-m",
-                "partitioner.cli",
-                "serve",
-                *map(str, directories.values()),
-                "--port",
-                "0",
-            ]
-        )
-        echo, echo_target = _start([sys.executable, "-m", "bench.echo"])
+        server, port = start_server(list(directories.values()))
+        target = f"127.0.0.1:{port}"
+        echo, echo_target = start(["bench.echo"])
         try:
             rows = {
                 label: overhead(directories[label], target, echo_target, size, repeats)
@@ -172,8 +146,8 @@ def main() -> int:
             }
             load = throughput(directories["64KB"], target, seconds)
         finally:
-            _stop(server)
-            _stop(echo)
+            stop(server)
+            stop(echo)
     results = {
         "machine": {
             "processor": platform.processor(),

@@ -4,10 +4,7 @@ falls back locally on every kind of failure, comes back, and loses nothing."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -15,6 +12,7 @@ import numpy as np
 import pytest
 
 from bench.linkem import LinkEmulator
+from bench.processes import start_server, stop
 from runtime.adaptive import EdgeOptions, EdgeRuntime
 from runtime.client import SplitClient
 from runtime.engine import SessionOptions, make_session, run_session
@@ -107,42 +105,26 @@ def test_a_link_cut_mid_request_is_answered_locally_within_the_deadline(mode, ar
             time.sleep(0.02)
 
 
-def _serve_process(directory, port=0):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "partitioner.cli", "serve", str(directory), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    assert line.startswith("listening on"), line
-    return process, int(line.rsplit(":", 1)[1])
-
-
 def test_a_killed_server_means_local_answers_and_a_restarted_one_resumes_within_2_s(artifacts):
     directory, _ = artifacts
-    process, port = _serve_process(directory)
+    process, port = start_server([directory])
     try:
         with _runtime(directory, f"127.0.0.1:{port}", deadline_ms=250.0) as runtime:
             runtime.client.wait_ready(10)
             assert _paths(runtime, 3)[-1][0] == "split"
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+            stop(process, signal.SIGKILL)
             calls_before = runtime.stats()["calls"]
             for _ in range(30):
                 _answered_locally_in_time(runtime.infer(_feeds()), 250.0)
             # the breaker stops calling a dead server on every request
             assert runtime.stats()["calls"] - calls_before <= 3, runtime.stats()
-            process, _ = _serve_process(directory, port)
+            process, _ = start_server([directory], port)
             start = time.monotonic()
             while _paths(runtime, 1)[-1][0] != "split":
                 assert time.monotonic() - start < 2.0, "split resumes within 2 s of the restart"
                 time.sleep(0.02)
     finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+        stop(process, signal.SIGKILL)
 
 
 def test_a_flapping_link_loses_nothing_and_every_answer_is_exact(artifacts, server):

@@ -1,0 +1,43 @@
+"""Servers as separate processes, for benchmarks and tests: as a user starts them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def start(command: Sequence[str]) -> tuple[subprocess.Popen[str], str]:
+    """Start ``python -m ...command``; returns it and the address its first line names
+    ("listening on HOST:PORT")."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    if not line.startswith("listening on "):
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"{' '.join(command)} did not start: {line!r}")
+    return process, line.removeprefix("listening on ")
+
+
+def start_server(directories: Sequence[Path], port: int = 0) -> tuple[subprocess.Popen[str], int]:
+    """``splitinfer serve DIR... --port PORT``; returns the process and its port."""
+    process, address = start(
+        ["partitioner.cli", "serve", *map(str, directories), "--port", str(port)]
+    )
+    return process, int(address.rsplit(":", 1)[1])
+
+
+def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
+    """Stop a process started here, by its pid, and reap it."""
+    if process.poll() is None:
+        os.kill(process.pid, sig)
+    process.wait(timeout=30)
