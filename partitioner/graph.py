@@ -428,11 +428,6 @@ def _describe(node: onnx.NodeProto) -> str:
     return label
 
 
-def describe_node(node: onnx.NodeProto) -> str:
-    """``Conv 'layer1/conv'``: how error messages name a node."""
-    return _describe(node)
-
-
 # --------------------------------------------------------------------------- tensor specs
 
 

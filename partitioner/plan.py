@@ -17,7 +17,6 @@ candidates, priced by the additive model and marked so.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -182,10 +181,10 @@ class Planner:
         self.graph = graph
         self.edge = edge
         self.cloud = cloud
-        self._check_profiles()
         # every cut of the model by id; min-cut cuts join it as they are found
         self.cuts = {c.id: c for c in enumerate_cuts(graph, max_tensors=None)}
-        self.profiled = [c.id for c in edge.cuts if c.id in {k.id for k in cloud.cuts}]
+        self._check_profiles()
+        self.profiled = [c.id for c in edge.cuts]  # the same cuts as the cloud's (checked)
         self.edge_nodes = node_costs(graph, edge, self.cuts, side="head")
         self.cloud_nodes = node_costs(graph, cloud, self.cuts, side="tail")
 
@@ -207,10 +206,9 @@ class Planner:
                 f"the profiles use different batch sizes ({self.edge.batch} and "
                 f"{self.cloud.batch}): profile both with the same --batch"
             )
-        all_cuts = {c.id: c for c in enumerate_cuts(self.graph, max_tensors=None)}
         for profile in (self.edge, self.cloud):
             for cut in profile.cuts:
-                known = all_cuts.get(cut.id)
+                known = self.cuts.get(cut.id)
                 if known is None or known.tensor_names != cut.tensors:
                     raise ProfileError(
                         f"the {profile.device} profile's cut {cut.id} does not match the model's "
@@ -656,7 +654,3 @@ def plan_cuts(graph: ModelGraph, plan: Plan) -> list[Cut]:
             )
         cuts.append(cut)
     return cuts
-
-
-def plan_digest(plan: Plan) -> str:
-    return hashlib.sha256(json.dumps(plan.to_json(), sort_keys=True).encode()).hexdigest()[:12]
