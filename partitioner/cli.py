@@ -188,7 +188,12 @@ def _parser() -> argparse.ArgumentParser:
         "--input", action="append", required=True, metavar="NAME=FILE.npy", help="repeatable"
     )
     infer.add_argument("--cut", default=None, help="a cut id of DIR (default: the plan's)")
-    infer.add_argument("--codec", default="raw", help="e.g. raw, zstd+shuffle, int8+zstd")
+    infer.add_argument(
+        "--codec",
+        default=None,
+        help="e.g. raw, zstd+shuffle, int8+zstd (default: raw; with --adaptive, auto: "
+        "per request the fastest of the codecs the plan chose for the cut)",
+    )
     infer.add_argument("--out", type=Path, metavar="OUT.npz", help="save the outputs")
     infer.add_argument("--json", action="store_true", help="print the timing breakdown as JSON")
     infer.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
@@ -443,7 +448,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         from runtime.adaptive import EdgeOptions, EdgeRuntime
 
         options = EdgeOptions(
-            deadline_ms=args.deadline_ms, codec=args.codec, slowdown=args.slowdown
+            deadline_ms=args.deadline_ms, codec=args.codec or "auto", slowdown=args.slowdown
         )
         runner = EdgeRuntime(args.directory, client, options)
     else:
@@ -451,7 +456,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             args.directory,
             client,
             cut=args.cut,
-            codec=CodecSpec.parse(args.codec),
+            codec=CodecSpec.parse(args.codec or "raw"),
             timeout=args.timeout,
         )
     try:
@@ -475,13 +480,19 @@ def _print_result(index: int, result: Any, as_json: bool) -> None:
     if as_json:
         print(
             json.dumps(
-                {"request": index, "path": result.path, "cut": result.cut, "timing": result.timing}
+                {
+                    "request": index,
+                    "path": result.path,
+                    "cut": result.cut,
+                    "codec": result.codec,
+                    "timing": result.timing,
+                }
             )
         )
         return
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in result.outputs.items())
     times = " ".join(f"{k.removesuffix('_ms')}={v:.2f}" for k, v in result.timing.items())
-    print(f"{index}: {result.path} via cut {result.cut}: {shapes}; ms: {times}")
+    print(f"{index}: {result.path} via cut {result.cut} ({result.codec}): {shapes}; ms: {times}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

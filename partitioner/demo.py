@@ -187,7 +187,7 @@ def _phase(
         label = _label(got, names)
         ours.append(result.timing["total_ms"])
         print(
-            f"   {result.path:>8} via {result.cut:>6} ({runtime.codec.label}): "
+            f"   {result.path:>8} via {result.cut:>6} ({result.codec}): "
             f"{result.timing['total_ms']:7.1f} ms  -> {label}"
         )
     local = _local_ms(reference, feeds[0], slowdown)

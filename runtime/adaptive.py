@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from runtime.artifacts import load_manifest
-from runtime.client import ClientTLS, SplitClient
-from runtime.codec import CodecSpec, encode, encoded_size
+from runtime.client import ClientTLS, Reply, SplitClient
+from runtime.codec import CodecSpec, Encoded, encode, encoded_size
 from runtime.edge import Result
 from runtime.engine import CutRunner, SessionOptions, example_feeds, make_session, run_session
 from runtime.errors import DeadlineError, OverloadedError, RemoteError, SplitInferError
@@ -43,12 +43,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, kw_only=True)
 class EdgeOptions:
-    """How the runtime behaves. ``slowdown`` emulates a device that many times slower
+    """How the runtime behaves. ``codec`` is one codec for every split, or "auto": for
+    each cut, the codecs the plan chose for it (raw without a plan), and per request
+    the one predicted fastest. ``slowdown`` emulates a device that many times slower
     (local compute is dilated by sleeping); ``exact`` turns ONNX Runtime's graph
     optimizations off, so that every path gives bit-identical outputs."""
 
     deadline_ms: float = 200.0
-    codec: str = "raw"
+    codec: str = "auto"
     slowdown: float = 1.0
     exact: bool = False
     uplink_bps: float = 10e6  # the estimator's seed, unless the plan has a default link
@@ -96,7 +98,6 @@ class EdgeRuntime:
         self.client = client
         self.options = options
         self.manifest = load_manifest(directory)
-        self.codec = CodecSpec.parse(options.codec)
         sessions = SessionOptions(optimize=not options.exact)
         self.local = make_session(self.directory / self.manifest.full, sessions)
         planned = {c["id"] for c in (self.manifest.plan or {}).get("cuts", [])}
@@ -105,6 +106,7 @@ class EdgeRuntime:
             for cut in self.manifest.cuts
             if cut.tail is not None and (not planned or cut.id in planned)
         }
+        self.codecs = self._codecs(options.codec)
         seed = (self.manifest.plan or {}).get("default", {}).get("link", {})
         self.link = LinkEstimator(
             uplink_bps=seed.get("uplink_bps", options.uplink_bps),
@@ -114,7 +116,10 @@ class EdgeRuntime:
         self._lock = threading.Lock()
         self._stats = _Stats()
         self._last_request = time.monotonic()
+        self._inflight = 0  # splits waiting for the server: probes then measure a busy link
         self.local_ms, self.costs = self._warm_up()
+        for _ in range(2 if self.cuts else 0):  # learn the link before the first request;
+            self._probe(rtt=True, rate=True)  # the second payload is sized from the first
         self._closing = threading.Event()
         self._prober = threading.Thread(target=self._probe_loop, daemon=True)
         self._prober.start()
@@ -143,6 +148,19 @@ class EdgeRuntime:
         self._prober.join(timeout=5)
         self.client.close()
 
+    def _codecs(self, choice: str) -> dict[str, tuple[CodecSpec, ...]]:
+        """The codecs each served cut may be sent with."""
+        if choice != "auto":
+            spec = CodecSpec.parse(choice)
+            return {cut_id: (spec,) for cut_id in self.cuts}
+        planned = {
+            c["id"]: [CodecSpec.parse(name) for name in c.get("codecs", []) if name != "-"]
+            for c in (self.manifest.plan or {}).get("cuts", [])
+        }
+        return {
+            cut_id: tuple(planned.get(cut_id) or [CodecSpec.parse("raw")]) for cut_id in self.cuts
+        }
+
     # ---- measuring
 
     def _compute(self, run: Callable[..., T], *args: Any) -> tuple[T, float]:
@@ -154,7 +172,7 @@ class EdgeRuntime:
             time.sleep(elapsed * (self.options.slowdown - 1))
         return result, elapsed * self.options.slowdown * 1000
 
-    def _warm_up(self) -> tuple[float, dict[str, _CutCosts]]:
+    def _warm_up(self) -> tuple[float, dict[tuple[str, str], _CutCosts]]:
         """Measure the local model and every head on example inputs: the median of
         three runs after one that warms ONNX Runtime up."""
         feeds = example_feeds(self.manifest.inputs, batch=1)
@@ -163,8 +181,11 @@ class EdgeRuntime:
         for cut_id, runner in self.cuts.items():
             head_ms = self._median_ms(runner.run_head, feeds)
             sent, _ = runner.run_head(feeds)
-            up = sum(encoded_size(encode(v, self.codec)) for v in sent.values())
-            costs[cut_id] = _CutCosts(head_ms=head_ms, up_bytes=up)
+            for spec in self.codecs[cut_id]:
+                begin = time.perf_counter()
+                up = sum(encoded_size(encode(v, spec)) for v in sent.values())
+                encode_ms = (time.perf_counter() - begin) * 1000
+                costs[(cut_id, spec.label)] = _CutCosts(head_ms, encode_ms, up_bytes=up)
         return local_ms, costs
 
     def _median_ms(self, run: Callable[..., Any], *args: Any) -> float:
@@ -173,16 +194,17 @@ class EdgeRuntime:
 
     # ---- choosing
 
-    def predict(self, cut_id: str) -> float:
-        """Predicted latency (ms) of one request through ``cut_id`` on the link as estimated."""
-        c = self.costs[cut_id]
+    def predict(self, cut_id: str, codec: str) -> float:
+        """Predicted latency (ms) of one request through ``cut_id`` sent with ``codec``
+        (a label), on the link as estimated."""
+        c = self.costs[(cut_id, codec)]
         link = self.link.estimate()
         transfer = (c.up_bytes + c.down_bytes) * 8 / link.uplink_bps * 1000
         return c.head_ms + c.encode_ms + transfer + link.rtt_ms + c.server_ms + c.decode_ms
 
-    def _choose(self) -> tuple[str | None, float]:
+    def _choose(self) -> tuple[tuple[str, str] | None, float]:
         with self._lock:
-            options = {cut_id: self.predict(cut_id) for cut_id in self.costs}
+            options = {key: self.predict(*key) for key in self.costs}
             local = self.local_ms
         if not options:
             return None, local
@@ -198,44 +220,35 @@ class EdgeRuntime:
         """Every model output for ``feeds``; path "local", "split" or "fallback"."""
         start = time.perf_counter()
         self._last_request = time.monotonic()
-        cut_id, _ = self._choose()
-        if cut_id is not None and self.breaker.allow():
+        choice, _ = self._choose()
+        if choice is not None and self.breaker.allow():
             try:
-                return self._split(cut_id, feeds, start)
+                return self._split(*choice, feeds, start)
             except SplitInferError as exc:
                 self._failed(exc)
-                return self._run_local(feeds, start, "fallback", cut_id)
+                return self._run_local(feeds, start, "fallback", choice[0])
         return self._run_local(feeds, start, "local", "edge")
 
-    def _split(self, cut_id: str, feeds: Mapping[str, np.ndarray], start: float) -> Result:
+    def _split(
+        self, cut_id: str, codec: str, feeds: Mapping[str, np.ndarray], start: float
+    ) -> Result:
         runner = self.cuts[cut_id]
+        spec = next(s for s in self.codecs[cut_id] if s.label == codec)
         (sent, kept), head_ms = self._compute(runner.run_head, feeds)
         begin = time.perf_counter()
-        tensors = [encode(value, self.codec, name=name) for name, value in sent.items()]
+        tensors = [encode(value, spec, name=name) for name, value in sent.items()]
         encode_ms = (time.perf_counter() - begin) * 1000
         remaining = self.options.deadline_ms - (time.perf_counter() - start) * 1000
         with self._lock:
             self._stats.calls += 1
-            remote_ms = self.predict(cut_id) - self.costs[cut_id].head_ms
+            self._inflight += 1
+            remote_ms = self.predict(cut_id, codec) - self.costs[(cut_id, codec)].head_ms
             local_ms = self.local_ms
-        pending = self.client.start_infer(
-            self.manifest.model, cut_id, tensors, timeout=max(remaining, 1.0) / 1000
-        )
-        # Hedge: when the answer is late (three times its prediction, 20 ms at least) or
-        # waiting longer would leave no time for a local run, stop and compute here.
-        # When a local run cannot meet the deadline anyway, wait for the cloud up to it.
-        hedge_ms = min(max(3 * remote_ms, 20.0), remaining)
-        if remaining - local_ms > 0:
-            hedge_ms = min(hedge_ms, remaining - local_ms)
-        if not self.options.hedge:
-            hedge_ms = remaining
         try:
-            reply = pending.result(timeout=max(hedge_ms, 0.0) / 1000)
-        except TimeoutError:
-            pending.cancel()
-            raise DeadlineError(
-                f"no answer within {hedge_ms:.0f} ms (predicted {remote_ms:.0f} ms): ran locally"
-            ) from None
+            reply = self._call(cut_id, tensors, remaining, remote_ms, local_ms)
+        finally:
+            with self._lock:
+                self._inflight -= 1
         timing = reply.server
         server_ms = timing.queue_ms + timing.decode_ms + timing.compute_ms + timing.encode_ms
         network_ms = max(reply.round_trip_ms - server_ms, 0.0)
@@ -244,7 +257,7 @@ class EdgeRuntime:
         self.link.observe(up + down, network_ms)
         self.breaker.success()
         with self._lock:
-            c = self.costs[cut_id]
+            c = self.costs[(cut_id, codec)]
             c.head_ms, c.encode_ms = _blend(c.head_ms, head_ms), _blend(c.encode_ms, encode_ms)
             c.server_ms, c.decode_ms = (
                 _blend(c.server_ms, server_ms),
@@ -268,7 +281,37 @@ class EdgeRuntime:
                 "decode_ms": reply.decode_ms,
                 "total_ms": (time.perf_counter() - start) * 1000,
             },
+            codec,
         )
+
+    def _call(
+        self,
+        cut_id: str,
+        tensors: list[Encoded],
+        remaining: float,
+        remote_ms: float,
+        local_ms: float,
+    ) -> Reply:
+        """The server's answer for ``tensors``, or DeadlineError once waiting longer does
+        not pay."""
+        pending = self.client.start_infer(
+            self.manifest.model, cut_id, tensors, timeout=max(remaining, 1.0) / 1000
+        )
+        # Hedge: when the answer is late (three times its prediction, 20 ms at least) or
+        # waiting longer would leave no time for a local run, stop and compute here.
+        # When a local run cannot meet the deadline anyway, wait for the cloud up to it.
+        hedge_ms = min(max(3 * remote_ms, 20.0), remaining)
+        if remaining - local_ms > 0:
+            hedge_ms = min(hedge_ms, remaining - local_ms)
+        if not self.options.hedge:
+            hedge_ms = remaining
+        try:
+            return pending.result(timeout=max(hedge_ms, 0.0) / 1000)
+        except TimeoutError:
+            pending.cancel()
+            raise DeadlineError(
+                f"no answer within {hedge_ms:.0f} ms (predicted {remote_ms:.0f} ms): ran locally"
+            ) from None
 
     def _run_local(
         self, feeds: Mapping[str, np.ndarray], start: float, path: str, cut: str
@@ -303,23 +346,52 @@ class EdgeRuntime:
             open_ = self.breaker.snapshot()["state"] != CircuitBreaker.CLOSED
             link = self.link.estimate()
             busy = time.monotonic() - self._last_request < IDLE_AFTER_S
-            stale = busy and link.rate_age_s > self.options.stale_s  # small splits say nothing
-            if not (open_ or stale) or not self.breaker.allow():
-                continue
-            timeout = max(0.5, 4 * link.rtt_ms / 1000)
-            try:  # an empty call: is the server there, and the round trip
-                round_trip, server_ms = self.client.probe(0, 0, timeout=timeout)
-            except SplitInferError:
-                self.breaker.failure()
-                continue
-            self.link.observe_rtt(round_trip - server_ms)
-            self.breaker.success()
-            # throughput, with about 20 ms of the link (16-64 KiB), when it takes < 0.2 s
-            size = int(min(max(link.uplink_bps * 0.02 / 8, 16 * 1024), 64 * 1024))
-            if size * 8 / link.uplink_bps < 0.2:
-                with contextlib.suppress(SplitInferError):  # slow, not gone: no breaker
-                    round_trip, server_ms = self.client.probe(size, 0, timeout=4 * timeout)
-                    self.link.observe(size, round_trip - server_ms)
+            # small splits say nothing of the throughput, large ones little of the RTT
+            rate = open_ or (busy and link.rate_age_s > self.options.stale_s)
+            rtt = open_ or (busy and link.rtt_age_s > self.options.stale_s)
+            if rate or rtt:
+                self._probe(rtt=rtt, rate=rate)
+
+    def _probe(self, *, rtt: bool, rate: bool) -> None:
+        """An empty call (is the server there, and the round trip), then for ``rate`` one
+        with a payload and another empty one: what the payload adds to the faster empty
+        call (the first may have opened the connection) is the throughput's. A sample
+        taken while a split was on the link is dropped: it measured the split's queue."""
+        if not self.breaker.allow():
+            return
+        link = self.link.estimate()
+        timeout = max(0.5, 4 * link.rtt_ms / 1000)
+        try:
+            empty_ms = self._quiet_probe(0, timeout)
+        except SplitInferError:
+            self.breaker.failure()
+            return
+        self.breaker.success()
+        # about 30 ms of the link as estimated (16 KiB-1 MiB), when that takes < 0.2 s
+        size = int(min(max(link.uplink_bps * 0.03 / 8, 16 * 1024), 1024 * 1024))
+        if empty_ms is not None and rate and size * 8 / link.uplink_bps < 0.2:
+            with contextlib.suppress(SplitInferError):  # slow, not gone: no breaker
+                loaded_ms = self._quiet_probe(size, 4 * timeout)
+                again_ms = self._quiet_probe(0, timeout)
+                if loaded_ms is not None and again_ms is not None:
+                    empty_ms = min(empty_ms, again_ms)
+                    if loaded_ms > empty_ms:  # else too small a payload to tell
+                        self.link.observe_transfer(size, loaded_ms - empty_ms)
+        if empty_ms is not None:
+            self.link.observe_rtt(empty_ms)
+
+    def _quiet_probe(self, size: int, timeout: float) -> float | None:
+        """The network time (ms) of a probe carrying ``size`` bytes up, or None when a
+        split was in flight meanwhile."""
+        with self._lock:
+            if self._inflight:
+                return None
+            calls = self._stats.calls
+        round_trip, server_ms = self.client.probe(size, 0, timeout=timeout)
+        with self._lock:
+            if self._inflight or self._stats.calls != calls:
+                return None
+        return round_trip - server_ms
 
     # ---- reporting
 
@@ -335,5 +407,5 @@ class EdgeRuntime:
                 "breaker": self.breaker.snapshot(),
                 "link": {"uplink_bps": link.uplink_bps, "rtt_ms": link.rtt_ms, "age_s": link.age_s},
                 "local_ms": self.local_ms,
-                "predicted_ms": {c: self.predict(c) for c in self.costs},
+                "predicted_ms": {f"{c}:{k}": self.predict(c, k) for c, k in self.costs},
             }

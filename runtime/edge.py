@@ -29,6 +29,7 @@ class Result:
     path: str  # "local", "split" or "fallback"
     cut: str
     timing: dict[str, float] = field(default_factory=dict)
+    codec: str = "-"  # what the cut's tensors were sent with ("-": not sent)
 
 
 def default_cut(manifest: Manifest) -> CutArtifact:
@@ -88,4 +89,4 @@ class StaticSplit:
             "total_ms": total,
         }
         ordered = {o.name: outputs[o.name] for o in self.manifest.outputs}
-        return Result(ordered, "split", self.cut.id, timing)
+        return Result(ordered, "split", self.cut.id, timing, self.codec.label)

@@ -26,6 +26,7 @@ class LinkEstimate:
     rtt_ms: float
     age_s: float  # since the last measurement of anything
     rate_age_s: float  # since the last throughput measurement
+    rtt_age_s: float  # since the last round-trip measurement
 
 
 class LinkEstimator:
@@ -36,7 +37,8 @@ class LinkEstimator:
     throughput does not explain), larger ones the throughput (what the RTT does
     not explain), in log space so that a halving and a doubling weigh the same.
     Each estimate moves toward the median of its last three samples, so one
-    outlier moves nothing while a real change shows in two calls.
+    outlier moves nothing while a real change shows in two calls; the first
+    sample replaces the seed, a guess.
     """
 
     def __init__(
@@ -51,7 +53,7 @@ class LinkEstimator:
         self.clock = clock
         self._log_rate = math.log(uplink_bps)
         self._rtt = rtt_ms
-        self._updated = self._rate_updated = clock()
+        self._updated = self._rate_updated = self._rtt_updated = clock()
         self._rates: collections.deque[float] = collections.deque(maxlen=3)
         self._rtts: collections.deque[float] = collections.deque(maxlen=3)
         self._lock = threading.Lock()
@@ -60,7 +62,11 @@ class LinkEstimator:
         with self._lock:
             now = self.clock()
             return LinkEstimate(
-                math.exp(self._log_rate), self._rtt, now - self._updated, now - self._rate_updated
+                math.exp(self._log_rate),
+                self._rtt,
+                now - self._updated,
+                now - self._rate_updated,
+                now - self._rtt_updated,
             )
 
     def observe(self, bytes_sent: float, network_ms: float) -> None:
@@ -71,12 +77,22 @@ class LinkEstimator:
                 transfer_ms = bytes_sent * 8 / math.exp(self._log_rate) * 1000
                 self._rtt = self._blend_rtt(max(network_ms - transfer_ms, 0.01))
             else:
-                seconds = max(network_ms - self._rtt, 0.05 * network_ms) / 1000
-                self._rates.append(math.log(bytes_sent * 8 / seconds))
-                robust = statistics.median(self._rates)
-                self._log_rate += self.alpha * (robust - self._log_rate)
-                self._rate_updated = self.clock()
+                self._blend_rate(bytes_sent, max(network_ms - self._rtt, 0.05 * network_ms))
             self._updated = self.clock()
+
+    def observe_transfer(self, bytes_sent: float, transfer_ms: float) -> None:
+        """A throughput sample free of the round trip: ``bytes_sent`` took ``transfer_ms``
+        longer than an empty call just before (a pair of probes)."""
+        with self._lock:
+            self._blend_rate(bytes_sent, max(transfer_ms, 0.01))
+            self._updated = self.clock()
+
+    def _blend_rate(self, bytes_sent: float, transfer_ms: float) -> None:
+        self._rates.append(math.log(bytes_sent * 8 / (transfer_ms / 1000)))
+        robust = statistics.median(self._rates)
+        first = len(self._rates) == 1  # a measurement, where there was a guess
+        self._log_rate += (1.0 if first else self.alpha) * (robust - self._log_rate)
+        self._rate_updated = self.clock()
 
     def observe_rtt(self, rtt_ms: float) -> None:
         """An empty probe's round trip."""
@@ -85,7 +101,10 @@ class LinkEstimator:
             self._updated = self.clock()
 
     def _blend_rtt(self, sample: float) -> float:
+        self._rtt_updated = self.clock()
         self._rtts.append(sample)
+        if len(self._rtts) == 1:  # a measurement, where there was a guess
+            return sample
         return (1 - self.alpha) * self._rtt + self.alpha * statistics.median(self._rtts)
 
 
