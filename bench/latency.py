@@ -61,7 +61,7 @@ QUICK_UPLINKS = (10, 100, 1000)
 QUICK_RTTS = (5, 40)
 LOSSLESS = Constraints(codecs=frozenset({"raw", "zstd"}))
 MISSED = float("nan")  # a strategy that could not answer within its timeout
-WARM_UP_S = 1.5  # the adaptive runtime's time to learn the link (its prober runs every 0.2 s)
+WARM_UP_S = 1.0  # the adaptive runtime's time to learn the link (its prober runs every 0.2 s)
 
 
 def build_model(name: str, directory: Path) -> Path:
@@ -102,6 +102,7 @@ def _median_ms(call: Callable[[], Any], count: int) -> float:
 
 
 def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[str, Any]:
+    began = time.perf_counter()
     model = build_model(name, work)
     graph = ModelGraph.load(model)
     feeds = calibration_feeds(graph, samples=2)
@@ -133,6 +134,7 @@ def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[s
     ids = list(dict.fromkeys([c["id"] for c in plan.cuts] + ["cloud"]))  # cloud: for cloud-only
     artifacts = work / f"{name}-artifacts"
     write_artifacts(graph, [planner.cuts[i] for i in ids], artifacts, plan=plan.to_json())
+    print(f"  exported, profiled, planned and split in {time.perf_counter() - began:.0f} s")
     server, port = start_server([artifacts])
     points = []
     try:
@@ -144,6 +146,7 @@ def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[s
                     points.append(
                         _point(
                             planner,
+                            [c["id"] for c in plan.cuts],
                             artifacts,
                             client,
                             link.address,
@@ -169,6 +172,7 @@ def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[s
 
 def _point(
     planner: Planner,
+    plan_cuts: list[str],
     artifacts: Path,
     client: SplitClient,
     target: str,
@@ -196,21 +200,19 @@ def _point(
         return _median_ms(lambda: split.infer(feeds), requests)
 
     choice = planner.choose(link, LOSSLESS)
-    candidates = {p.cut: p for p in choice.candidates}
-    cloud_codec = min(
-        (p for p in choice.candidates if p.cut == "cloud"), key=lambda p: p.total_ms
-    ).codec
-    cloud_ms = static("cloud", cloud_codec)
-    planned = choice.best
-    planned_ms = edge_ms if planned.cut == "edge" else static(planned.cut, planned.codec)
+    served = planner_plan_cuts(artifacts)  # the plan's cuts, and cloud for cloud-only
+    # each served cut with the codec predicted best for it on this link: the oracle
+    # measures them all; the planned cut (the plan's best here) and cloud-only (the
+    # input sent with the best lossless codec) are two of those measurements
+    best_codec = {
+        p.cut: p for p in sorted(choice.candidates, key=lambda p: -p.total_ms) if p.cut in served
+    }
     oracle = {"edge": edge_ms}
-    for cut in planner_plan_cuts(artifacts):
-        if cut == "edge":
-            continue
-        codec = min(
-            (p for p in choice.candidates if p.cut == cut), key=lambda p: p.total_ms, default=None
-        )
-        oracle[cut] = static(cut, codec.codec if codec else "raw")
+    for cut in served:
+        if cut != "edge":
+            oracle[cut] = static(cut, best_codec[cut].codec if cut in best_codec else "raw")
+    planned = min((p for p in choice.candidates if p.cut in plan_cuts), key=lambda p: p.total_ms)
+    cloud_ms, planned_ms = oracle["cloud"], oracle[planned.cut]
     best_cut = min(oracle, key=lambda c: oracle[c] if not math.isnan(oracle[c]) else math.inf)
     options = EdgeOptions(deadline_ms=max(1000.0, 4 * edge_ms), slowdown=slowdown)
     with EdgeRuntime(artifacts, SplitClient(target), options) as runtime:
@@ -236,7 +238,7 @@ def _point(
         "oracle_ms": oracle[best_cut],
         "oracle_cut": best_cut,
         "measured_cuts": oracle,
-        "candidates": len(candidates),
+        "candidates": len(choice.candidates),
     }
 
 

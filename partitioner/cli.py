@@ -143,6 +143,12 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--downlink", default=None, help="default: as fast as the uplink")
     plan.add_argument("--codecs", default=None, help="allowed codecs, comma-separated")
     plan.add_argument(
+        "--protocol",
+        choices=("splitinfer", "kserve"),
+        default="splitinfer",
+        help="what the cloud speaks: kserve (Triton, KServe) carries raw tensors only",
+    )
+    plan.add_argument(
         "--max-error",
         type=float,
         default=0.0,
@@ -179,11 +185,48 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run tails without ONNX Runtime's graph optimizations (bit-exact answers)",
     )
+    serve.add_argument(
+        "--protocols",
+        default="splitinfer,kserve",
+        help="splitinfer (splitinfer.v1), kserve (KServe v2, as Triton), or both (default)",
+    )
+    serve.add_argument(
+        "--max-batch",
+        type=int,
+        default=32,
+        help="samples per batched tail run (1: no dynamic batching; default 32)",
+    )
+    serve.add_argument(
+        "--batch-delay-ms",
+        type=float,
+        default=2.0,
+        help="at most this long a forming batch waits for more requests when busy",
+    )
+    serve.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics (0: a free port)"
+    )
     serve.set_defaults(run=_cmd_serve)
+
+    triton = commands.add_parser(
+        "export-triton", help="write a Triton model repository of a directory's tails"
+    )
+    triton.add_argument("directory", metavar="DIR", type=Path)
+    triton.add_argument("--out", required=True, type=Path, metavar="REPO")
+    triton.add_argument("--max-batch", type=int, default=32, help="max_batch_size (default 32)")
+    triton.add_argument(
+        "--batch-delay-ms", type=float, default=2.0, help="dynamic batching's max queue delay"
+    )
+    triton.set_defaults(run=_cmd_export_triton)
 
     infer = commands.add_parser("infer", help="run a model split between here and a server")
     infer.add_argument("directory", metavar="DIR", type=Path)
     infer.add_argument("--target", required=True, metavar="HOST:PORT")
+    infer.add_argument(
+        "--protocol",
+        choices=("splitinfer", "kserve"),
+        default="splitinfer",
+        help="the server's protocol: kserve for Triton or KServe (raw tensors only)",
+    )
     infer.add_argument(
         "--input", action="append", required=True, metavar="NAME=FILE.npy", help="repeatable"
     )
@@ -333,6 +376,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.max_error) and args.max_error >= 0):
         raise ValueError("--max-error must be a finite number, 0 or more")
     codecs = None if args.codecs is None else frozenset(c.strip() for c in args.codecs.split(","))
+    if args.protocol == "kserve":
+        if codecs is not None and codecs != {"raw"}:
+            raise ValueError("a KServe v2 server takes raw tensors only: drop --codecs")
+        codecs = frozenset({"raw"})
     constraints = Constraints(
         codecs=codecs, max_error=args.max_error, keep_input_on_device=args.keep_input_on_device
     )
@@ -407,6 +454,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from runtime.engine import SessionOptions
 
     sessions = SessionOptions(optimize=not args.exact)
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    if not protocols or set(protocols) - {"splitinfer", "kserve"}:
+        raise ValueError(f"--protocols takes splitinfer and/or kserve, not {args.protocols!r}")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise ValueError("--metrics-port must be between 0 and 65535")
     asyncio.run(
         serve(
             args.directories,
@@ -415,8 +467,30 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             limits=limits,
             security=security,
             session_options=sessions,
+            batching=_batching(args),
+            protocols=protocols,
+            metrics_port=args.metrics_port,
         )
     )
+    return 0
+
+
+def _batching(args: argparse.Namespace) -> Any:
+    from runtime.batching import BatchOptions
+
+    if not 1 <= args.max_batch <= 65536:
+        raise ValueError("--max-batch must be between 1 and 65536")
+    if not (math.isfinite(args.batch_delay_ms) and 0 <= args.batch_delay_ms <= 10_000):
+        raise ValueError("--batch-delay-ms must be between 0 and 10000")
+    return BatchOptions(max_batch=args.max_batch, max_delay_ms=args.batch_delay_ms)
+
+
+def _cmd_export_triton(args: argparse.Namespace) -> int:
+    from partitioner.triton import export_triton
+
+    names = export_triton(args.directory, args.out, _batching(args))
+    for name in names:
+        print(f"wrote {args.out / name}")
     return 0
 
 
@@ -442,7 +516,14 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         )
     if args.repeat < 1 or not (math.isfinite(args.deadline_ms) and args.deadline_ms > 0):
         raise ValueError("--repeat must be at least 1 and --deadline-ms positive")
-    client = SplitClient(args.target, token=_token(args.token_file), tls=tls)
+    if args.protocol == "kserve":
+        from runtime.kserve_client import KServeClient
+
+        if (args.codec or "raw") not in ("raw", "auto"):
+            raise ValueError("a KServe v2 server takes raw tensors only: drop --codec")
+        client: SplitClient = KServeClient(args.target, token=_token(args.token_file), tls=tls)
+    else:
+        client = SplitClient(args.target, token=_token(args.token_file), tls=tls)
     runner: Any
     if args.adaptive:
         from runtime.adaptive import EdgeOptions, EdgeRuntime

@@ -441,7 +441,7 @@ class Plan:
     model: str
     sha256: str
     constraints: dict[str, Any]
-    cuts: tuple[dict[str, Any], ...]  # {"id", "tensors", "codecs"}
+    cuts: tuple[dict[str, Any], ...]  # {"id", "tensors", "device_outputs", "codecs", "cloud_ms"}
     segments: tuple[Segment, ...]
     default: dict[str, Any] = field(default_factory=dict)
 
@@ -502,6 +502,7 @@ def sweep(
         stops = [*ends, uplinks_mbit[-1]]
         for (_, best), start, stop in zip(runs, starts, stops, strict=True):
             segments.append(Segment(rtt, start, stop, best.cut, best.codec, best.total_ms))
+    cloud_ms = {p.cut: p.cloud_ms for options in grid.values() for p in options}
     cuts = []
     for cut in sorted((planner.cuts[c] for c in kept), key=lambda c: c.head_nodes):
         cuts.append(
@@ -510,6 +511,7 @@ def sweep(
                 "tensors": list(cut.tensor_names),
                 "device_outputs": list(cut.head_outputs),
                 "codecs": sorted({s.codec for s in segments if s.cut == cut.id}),
+                "cloud_ms": cloud_ms.get(cut.id, 0.0),  # the tail's predicted server time
             }
         )
     default_json: dict[str, Any] = {}
@@ -602,6 +604,7 @@ def load_plan(path: str | Path, graph: ModelGraph | None = None) -> Plan:
                     "tensors": _strings(c["tensors"]),
                     "device_outputs": _strings(c.get("device_outputs", [])),
                     "codecs": _strings(c["codecs"]),
+                    "cloud_ms": _milliseconds(c.get("cloud_ms", 0.0)),
                 }
                 for c in raw["cuts"]
             ),
@@ -616,6 +619,12 @@ def load_plan(path: str | Path, graph: ModelGraph | None = None) -> Plan:
             f"{path} was made for another model ({plan.model}); plan {graph.name} again"
         )
     return plan
+
+
+def _milliseconds(value: Any) -> float:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"cloud_ms {value!r}")
+    return float(value)
 
 
 def _check_plan(plan: Plan, path: Path) -> None:

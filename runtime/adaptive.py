@@ -18,6 +18,7 @@ closes the breaker as soon as the server answers again.
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import threading
 import time
@@ -37,6 +38,7 @@ from runtime.errors import DeadlineError, OverloadedError, RemoteError, SplitInf
 from runtime.link import CircuitBreaker, LinkEstimator
 
 EWMA = 0.3
+PENALTY_FADE_S = 1.0  # a late call's penalty fades by e every second
 IDLE_AFTER_S = 5.0  # no throughput probes on a link the device has not used for this long
 T = TypeVar("T")
 
@@ -71,6 +73,11 @@ class _CutCosts:
     decode_ms: float = 0.0
     up_bytes: float = 0.0
     down_bytes: float = 0.0
+    penalty_ms: float = 0.0  # after calls that were late: what they cost at least, fading
+    penalty_at: float = 0.0
+
+    def penalty(self) -> float:
+        return self.penalty_ms * math.exp(-(time.monotonic() - self.penalty_at) / PENALTY_FADE_S)
 
 
 @dataclass
@@ -150,11 +157,18 @@ class EdgeRuntime:
 
     def _codecs(self, choice: str) -> dict[str, tuple[CodecSpec, ...]]:
         """The codecs each served cut may be sent with."""
+        allowed = getattr(self.client, "codecs", None)  # None: any (splitinfer.v1)
         if choice != "auto":
             spec = CodecSpec.parse(choice)
+            if allowed is not None and spec.label not in allowed:
+                raise ValueError(f"codec {choice!r} cannot travel to this server ({allowed})")
             return {cut_id: (spec,) for cut_id in self.cuts}
         planned = {
-            c["id"]: [CodecSpec.parse(name) for name in c.get("codecs", []) if name != "-"]
+            c["id"]: [
+                CodecSpec.parse(name)
+                for name in c.get("codecs", [])
+                if name != "-" and (allowed is None or name in allowed)
+            ]
             for c in (self.manifest.plan or {}).get("cuts", [])
         }
         return {
@@ -177,15 +191,17 @@ class EdgeRuntime:
         three runs after one that warms ONNX Runtime up."""
         feeds = example_feeds(self.manifest.inputs, batch=1)
         local_ms = self._median_ms(run_session, self.local, feeds)
+        planned = {c["id"]: c for c in (self.manifest.plan or {}).get("cuts", [])}
         costs = {}
         for cut_id, runner in self.cuts.items():
             head_ms = self._median_ms(runner.run_head, feeds)
             sent, _ = runner.run_head(feeds)
+            server_ms = planned.get(cut_id, {}).get("cloud_ms", 0.0)  # the plan's estimate
             for spec in self.codecs[cut_id]:
                 begin = time.perf_counter()
                 up = sum(encoded_size(encode(v, spec)) for v in sent.values())
                 encode_ms = (time.perf_counter() - begin) * 1000
-                costs[(cut_id, spec.label)] = _CutCosts(head_ms, encode_ms, up_bytes=up)
+                costs[(cut_id, spec.label)] = _CutCosts(head_ms, encode_ms, server_ms, up_bytes=up)
         return local_ms, costs
 
     def _median_ms(self, run: Callable[..., Any], *args: Any) -> float:
@@ -200,7 +216,8 @@ class EdgeRuntime:
         c = self.costs[(cut_id, codec)]
         link = self.link.estimate()
         transfer = (c.up_bytes + c.down_bytes) * 8 / link.uplink_bps * 1000
-        return c.head_ms + c.encode_ms + transfer + link.rtt_ms + c.server_ms + c.decode_ms
+        remote = transfer + link.rtt_ms + c.server_ms + c.decode_ms + c.penalty()
+        return c.head_ms + c.encode_ms + remote
 
     def _choose(self) -> tuple[tuple[str, str] | None, float]:
         with self._lock:
@@ -244,8 +261,19 @@ class EdgeRuntime:
             self._inflight += 1
             remote_ms = self.predict(cut_id, codec) - self.costs[(cut_id, codec)].head_ms
             local_ms = self.local_ms
+        waited = time.perf_counter()
         try:
             reply = self._call(cut_id, tensors, remaining, remote_ms, local_ms)
+        except DeadlineError:
+            # no answer yet: the call costs more than was waited. A penalty lifts the
+            # prediction (and the next hedge) beyond it; it fades within seconds, so
+            # that a link which was down, not slow, is tried again.
+            late_ms = (time.perf_counter() - waited) * 1000
+            with self._lock:
+                c = self.costs[(cut_id, codec)]
+                c.penalty_ms = c.penalty() + max(1.5 * late_ms - remote_ms, 0.0)
+                c.penalty_at = time.monotonic()
+            raise
         finally:
             with self._lock:
                 self._inflight -= 1
@@ -264,6 +292,7 @@ class EdgeRuntime:
                 _blend(c.decode_ms, reply.decode_ms),
             )
             c.up_bytes, c.down_bytes = up, down
+            c.penalty_ms = 0.0  # an answer: what it cost is known
             self._count("split", cut_id)
         outputs = {**kept, **reply.outputs}
         missing = [o.name for o in self.manifest.outputs if o.name not in outputs]
@@ -366,10 +395,15 @@ class EdgeRuntime:
         except SplitInferError:
             self.breaker.failure()
             return
+        trusted = self.breaker.snapshot()["state"] == CircuitBreaker.CLOSED
         self.breaker.success()
-        # about 30 ms of the link as estimated (16 KiB-1 MiB), when that takes < 0.2 s
-        size = int(min(max(link.uplink_bps * 0.03 / 8, 16 * 1024), 1024 * 1024))
-        if empty_ms is not None and rate and size * 8 / link.uplink_bps < 0.2:
+        # about 30 ms of the link as estimated (16-256 KiB), when that takes < 0.2 s; after
+        # a failure the estimate is not to be trusted: the smallest payload
+        size = int(min(max(link.uplink_bps * 0.03 / 8, 16 * 1024), 256 * 1024))
+        if not trusted:
+            size = 16 * 1024
+        payloads = getattr(self.client, "probes_payload", True)
+        if empty_ms is not None and rate and payloads and size * 8 / link.uplink_bps < 0.2:
             with contextlib.suppress(SplitInferError):  # slow, not gone: no breaker
                 loaded_ms = self._quiet_probe(size, 4 * timeout)
                 again_ms = self._quiet_probe(0, timeout)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -204,8 +205,11 @@ class SplitClient:
 class Pending:
     """An Infer call in flight."""
 
-    def __init__(self, future: grpc.Future) -> None:
+    def __init__(
+        self, future: grpc.Future, parse: Callable[[Any, float], Reply] | None = None
+    ) -> None:
         self.future = future
+        self.parse = parse or _parse_reply  # (response, round trip ms) -> Reply
         self.start = time.perf_counter()
 
     def done(self) -> bool:
@@ -225,7 +229,7 @@ class Pending:
             raise error_from_rpc(exc) from exc
         except grpc.FutureCancelledError:
             raise error_for(grpc.StatusCode.CANCELLED, "the call was cancelled") from None
-        return _parse_reply(data, (time.perf_counter() - self.start) * 1000)
+        return self.parse(data, (time.perf_counter() - self.start) * 1000)
 
 
 def _parse_reply(data: bytes, round_trip_ms: float) -> Reply:

@@ -10,16 +10,12 @@ anything unexpected is INTERNAL with the traceback logged, never sent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import hmac
 import logging
-import math
 import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,16 +25,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from runtime import fastwire
+from runtime.batching import BatchOptions
 from runtime.codec import CodecSpec, Encoded
 from runtime.engine import SessionOptions
 from runtime.errors import (
-    DeadlineError,
     InvalidInputError,
     OverloadedError,
     SplitInferError,
-    UnauthenticatedError,
 )
+from runtime.metrics import Call, Metrics
 from runtime.protocol import model_info, tensor_from_proto, tensor_to_proto
+from runtime.service import Malformed, TailService, lenient, respond, same, stream_answers
 from runtime.status import status_of
 from runtime.tails import HostLimits, TailHost
 from runtime.wire import splitinfer_pb2 as pb
@@ -47,6 +44,9 @@ from runtime.wire import splitinfer_pb2_grpc as pb_grpc
 log = logging.getLogger("splitinfer.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
+PROTOCOL = "splitinfer"  # the metrics' protocol label
+PROTOCOLS = (PROTOCOL, "kserve")  # what a server speaks by default
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 MAX_PENDING_STREAM_REQUESTS = 64
 # A tail that recently took less than this runs on the event loop itself: the hop
 # to a worker thread costs more. Longer ones run in a thread, leaving the loop free.
@@ -64,158 +64,108 @@ class Security:
     token: str | None = None
 
 
-class Admission:
-    """Bounds the work: ``max_concurrent`` tails at once, ``max_queued`` waiting;
-    beyond that a request is refused at once rather than queued without end."""
-
-    def __init__(self, limits: HostLimits) -> None:
-        self.limits = limits
-        self.slots = asyncio.Semaphore(limits.max_concurrent)
-        self.admitted = 0
-
-    @contextlib.asynccontextmanager
-    async def slot(self, context: grpc.aio.ServicerContext) -> AsyncIterator[float]:
-        """Wait for a worker; yields the time waited (ms)."""
-        if self.admitted >= self.limits.max_concurrent + self.limits.max_queued:
-            raise OverloadedError(
-                f"the server is at capacity ({self.limits.max_concurrent} running, "
-                f"{self.limits.max_queued} queued): retry later"
-            )
-        self.admitted += 1
-        start = time.perf_counter()
-        try:
-            async with self.slots:
-                _check_deadline(context)  # it may have passed while queued
-                yield (time.perf_counter() - start) * 1000
-        finally:
-            self.admitted -= 1
-
-
-def _check_deadline(context: grpc.aio.ServicerContext) -> None:
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
-        raise DeadlineError("the call's deadline passed before the tail could run")
-
-
 class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
     """splitinfer.v1.SplitInference over a TailHost."""
 
-    def __init__(self, host: TailHost, admission: Admission, *, token: str | None = None) -> None:
-        self.host = host
-        self.admission = admission
-        self.cost_ms: dict[tuple[str, str], float] = {}  # recent time per (model, cut)
-        self.token = None if token is None else b"Bearer " + token.encode()
+    def __init__(self, service: TailService) -> None:
+        self.service = service
+        self.host = service.host
 
     def _admit(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         """The checks every RPC makes first: the bearer token, then that the bytes parsed."""
-        if self.token is not None:
-            metadata = dict(context.invocation_metadata() or ())
-            value = metadata.get("authorization", "")
-            given = value.encode() if isinstance(value, str) else bytes(value)
-            if not hmac.compare_digest(given, self.token):  # constant time
-                raise UnauthenticatedError("missing or wrong bearer token")
-        if isinstance(request, _Malformed):
+        self.service.authorize(context)
+        if isinstance(request, Malformed):
             raise InvalidInputError(request.message)
 
     async def Infer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         # bytes in, bytes out: runtime.fastwire reads and writes payloads without copies
+        call = self.service.metrics.call(PROTOCOL)
+        call.bytes_in = len(request)
+
         async def infer() -> bytes:
             self._admit(None, context)
             header, tensors = fastwire.read(request, pb.InferRequest)
-            response, outputs = await self._infer(header, tensors, context)
-            return fastwire.write(response, outputs)
+            response, outputs = await self._infer(header, tensors, context, call)
+            reply = fastwire.write(response, outputs)
+            call.bytes_out = len(reply)
+            return reply
 
-        return await _answer(context, infer())
+        return await respond(context, infer(), call)
 
     async def _infer(
-        self, request: pb.InferRequest, tensors: list[Encoded], context: grpc.aio.ServicerContext
+        self,
+        request: pb.InferRequest,
+        tensors: list[Encoded],
+        context: grpc.aio.ServicerContext,
+        call: Call,
     ) -> tuple[pb.InferResponse, list[Encoded]]:
         """Run one request: the response's small fields, and the encoded outputs."""
-        _check_deadline(context)
+        codec = tensors[0].codec.value if tensors else "raw"
+        call.label(request.model, request.cut, codec)
         response_codec = CodecSpec.parse(request.response_codec or "raw")
-        self.host.check(request.model, request.cut, tensors)  # refuse before queueing
-        async with self.admission.slot(context) as queued_ms:
-            work = functools.partial(
-                self.host.run, request.model, request.cut, tensors, response_codec
-            )
-            key = (request.model, request.cut)
-            if self.cost_ms.get(key, math.inf) < INLINE_MS:
-                outputs, timing = work()  # cheaper than the hop to a worker thread
-            else:
-                running = asyncio.ensure_future(asyncio.to_thread(work))
-                try:
-                    outputs, timing = await asyncio.shield(running)
-                except asyncio.CancelledError:
-                    # the caller gave up, but the tail runs on: keep its slot until it ends
-                    await asyncio.wait({running})
-                    raise
-            spent = timing.decode_ms + timing.compute_ms + timing.encode_ms
-            self.cost_ms[key] = 0.8 * self.cost_ms.get(key, spent) + 0.2 * spent
+        answer = await self.service.infer(
+            request.model, request.cut, tensors, response_codec, context
+        )
         response = pb.InferResponse(
             model=request.model,
             cut=request.cut,
             request_id=request.request_id,
             timing=pb.ServerTiming(
-                queue_ms=queued_ms,
-                decode_ms=timing.decode_ms,
-                compute_ms=timing.compute_ms,
-                encode_ms=timing.encode_ms,
+                queue_ms=answer.queue_ms,
+                decode_ms=answer.decode_ms,
+                compute_ms=answer.compute_ms,
+                encode_ms=answer.encode_ms,
             ),
         )
-        return response, outputs
+        return response, answer.outputs
 
     async def InferStream(
         self, requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamResponse]:
-        await _answer(context, _async(self._admit, None, context))
+        await respond(context, _async(self._admit, None, context))
         answers: asyncio.Queue[pb.StreamResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         pending: dict[str, _Assembly] = {}
 
         async def run(request: pb.InferRequest, payloads: list[bytes]) -> None:
+            call = self.service.metrics.call(PROTOCOL)
+            call.bytes_in = sum(len(p) for p in payloads)
             try:
                 tensors = [
                     tensor_from_proto(t, p) for t, p in zip(request.tensors, payloads, strict=True)
                 ]
-                response, outputs = await self._infer(request, tensors, context)
+                response, outputs = await self._infer(request, tensors, context, call)
                 for output in outputs:
                     tensor_to_proto(output, response.outputs.add())
+                call.bytes_out = sum(len(o.payload) for o in response.outputs)
             except Exception as exc:
-                await answers.put(_stream_error(request.request_id, exc))
+                error = _stream_error(request.request_id, exc)
+                call.done(_CODE_NAMES.get(error.error.code, "UNKNOWN"))
+                await answers.put(error)
                 return
+            call.done("OK")
             for message in _chunked(response, self.host.limits.max_message_bytes // 2):
                 await answers.put(message)
 
         async def read() -> None:
-            try:
-                async for item in requests:
-                    try:
-                        self._admit(item, context)
-                        done = _assemble(item, pending, self.host.limits)
-                    except SplitInferError as exc:
-                        await answers.put(_stream_error(_request_id(item), exc))
-                        continue
-                    if done is not None:
-                        task = asyncio.create_task(run(*done))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
-                for request_id in list(pending):
-                    await answers.put(
-                        _stream_error(request_id, InvalidInputError("the stream ended mid-request"))
-                    )
-                if tasks:
-                    await asyncio.gather(*tasks)
-            finally:
-                await answers.put(None)
+            async for item in requests:
+                try:
+                    self._admit(item, context)
+                    done = _assemble(item, pending, self.host.limits)
+                except SplitInferError as exc:
+                    await answers.put(_stream_error(_request_id(item), exc))
+                    continue
+                if done is not None:
+                    task = asyncio.create_task(run(*done))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            for request_id in list(pending):
+                await answers.put(
+                    _stream_error(request_id, InvalidInputError("the stream ended mid-request"))
+                )
 
-        reader = asyncio.create_task(read())
-        try:
-            while (answer := await answers.get()) is not None:
-                yield answer
-        finally:
-            reader.cancel()
-            for task in tasks:
-                task.cancel()
+        async for answer in stream_answers(read, answers, tasks):
+            yield answer
 
     async def Describe(
         self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext
@@ -226,7 +176,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             models = [model_info(self.host.model(n), self.host.limits) for n in names]
             return pb.DescribeResponse(models=models)
 
-        return await _answer(context, describe())
+        return await respond(context, describe())
 
     async def Probe(
         self, request: pb.ProbeRequest, context: grpc.aio.ServicerContext
@@ -247,19 +197,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
                 server_ms=(time.perf_counter() - start) * 1000,
             )
 
-        return await _answer(context, probe())
-
-
-async def _answer(context: grpc.aio.ServicerContext, work: Awaitable[Any]) -> Any:
-    """Run ``work``; turn a splitinfer error into its status, anything else into INTERNAL."""
-    try:
-        return await work
-    except SplitInferError as exc:
-        code, message = status_of(exc), exc.message
-    except Exception:
-        log.exception("internal error")  # the traceback stays in the log
-        code, message = grpc.StatusCode.INTERNAL, "internal error (logged on the server)"
-    await context.abort(code, message)
+        return await respond(context, probe())
 
 
 def _chunked(response: pb.InferResponse, chunk_bytes: int) -> list[pb.StreamResponse]:
@@ -371,28 +309,6 @@ def _assemble(
     return None
 
 
-@dataclass(frozen=True)
-class _Malformed:
-    """What request bytes that do not parse become, so that the RPC can refuse them."""
-
-    message: str
-
-
-def _same(data: bytes) -> bytes:
-    return data
-
-
-def _lenient(message_class: Any) -> Callable[[bytes], Any]:
-    def parse(data: bytes) -> Any:
-        try:
-            return message_class.FromString(data)
-        except Exception as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return _Malformed(f"the request is not a valid {message_class.__name__}: {text}")
-
-    return parse
-
-
 def register_service(server: grpc.aio.Server, servicer: SplitInferenceServicer) -> None:
     """The service's method handlers, registered by hand so that bytes which do not
     parse reach the servicer (and become INVALID_ARGUMENT) instead of failing in
@@ -400,21 +316,21 @@ def register_service(server: grpc.aio.Server, servicer: SplitInferenceServicer) 
     every call on grpc's slow generic path: about 3 ms per MiB here.)"""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Infer": grpc.unary_unary_rpc_method_handler(
-            servicer.Infer, request_deserializer=_same, response_serializer=_same
+            servicer.Infer, request_deserializer=same, response_serializer=same
         ),
         "InferStream": grpc.stream_stream_rpc_method_handler(
             servicer.InferStream,
-            request_deserializer=_lenient(pb.StreamRequest),
+            request_deserializer=lenient(pb.StreamRequest),
             response_serializer=pb.StreamResponse.SerializeToString,
         ),
         "Describe": grpc.unary_unary_rpc_method_handler(
             servicer.Describe,
-            request_deserializer=_lenient(pb.DescribeRequest),
+            request_deserializer=lenient(pb.DescribeRequest),
             response_serializer=pb.DescribeResponse.SerializeToString,
         ),
         "Probe": grpc.unary_unary_rpc_method_handler(
             servicer.Probe,
-            request_deserializer=_lenient(pb.ProbeRequest),
+            request_deserializer=lenient(pb.ProbeRequest),
             response_serializer=pb.ProbeResponse.SerializeToString,
         ),
     }
@@ -428,23 +344,38 @@ async def create_server(
     host: TailHost,
     *,
     security: Security = Security(),
+    batching: BatchOptions = BatchOptions(),
+    metrics: Metrics | None = None,
+    protocols: Sequence[str] = PROTOCOLS,
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server for ``host`` bound to ``address`` ("127.0.0.1:0" takes a free
-    port); returns it, not started, and the port it got."""
+    port); returns it, not started, and the port it got. ``protocols``: "splitinfer"
+    (splitinfer.v1) and "kserve" (KServe v2, inference.GRPCInferenceService)."""
+    from runtime import kserve
+
+    unknown = set(protocols) - set(PROTOCOLS)
+    if unknown or not protocols:
+        raise ValueError(f"protocols must be among {', '.join(PROTOCOLS)}; got {sorted(unknown)}")
     limits = host.limits
     options = [
         ("grpc.max_receive_message_length", limits.max_message_bytes),
         ("grpc.max_send_message_length", limits.max_message_bytes),
     ]
     server = grpc.aio.server(options=options)
-    servicer = SplitInferenceServicer(host, Admission(limits), token=security.token)
-    register_service(server, servicer)
+    service = TailService(host, token=security.token, batching=batching, metrics=metrics)
+    names = []
+    if PROTOCOL in protocols:
+        register_service(server, SplitInferenceServicer(service))
+        names.append(SERVICE_NAME)
+    if "kserve" in protocols:
+        kserve.register_service(server, kserve.KServeServicer(service))
+        names.append(kserve.SERVICE_NAME)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
+    for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     if security.cert is not None or security.key is not None:
         if security.cert is None or security.key is None:
@@ -467,14 +398,29 @@ class BackgroundServer:
     (the demo, tests): started on construction, ``stop()`` when done."""
 
     def __init__(
-        self, host: TailHost, *, address: str = "127.0.0.1:0", security: Security | None = None
+        self,
+        host: TailHost,
+        *,
+        address: str = "127.0.0.1:0",
+        security: Security | None = None,
+        batching: BatchOptions = BatchOptions(),
+        metrics: Metrics | None = None,
+        protocols: Sequence[str] = PROTOCOLS,
     ) -> None:
         self.host = host
+        self.metrics = metrics or Metrics()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.server, self.port = self._call(
-            create_server(address, host, security=security or Security())
+            create_server(
+                address,
+                host,
+                security=security or Security(),
+                batching=batching,
+                metrics=self.metrics,
+                protocols=protocols,
+            )
         )
         self._call(self.server.start())
         self.target = f"{address.rsplit(':', 1)[0]}:{self.port}"
@@ -499,15 +445,30 @@ async def serve(
     limits: HostLimits | None = None,
     security: Security | None = None,
     session_options: SessionOptions | None = None,
+    batching: BatchOptions = BatchOptions(),
+    protocols: Sequence[str] = PROTOCOLS,
+    metrics_port: int | None = None,
     grace_s: float = 5.0,
 ) -> None:
-    """Serve until SIGTERM or SIGINT; the first stdout line says where."""
+    """Serve until SIGTERM or SIGINT; the first stdout line says where (and where the
+    metrics are, with ``metrics_port``)."""
     tails = TailHost(directories, limits=limits or HostLimits(), session_options=session_options)
+    metrics = Metrics()
     server, bound = await create_server(
-        f"{host_address}:{port}", tails, security=security or Security()
+        f"{host_address}:{port}",
+        tails,
+        security=security or Security(),
+        batching=batching,
+        metrics=metrics,
+        protocols=protocols,
     )
     await server.start()
-    print(f"listening on {host_address}:{bound}", flush=True)
+    where = f"listening on {host_address}:{bound}"
+    http = None
+    if metrics_port is not None:
+        http, http_port = metrics.serve(host_address, metrics_port)
+        where += f"; metrics on http://{host_address}:{http_port}/metrics"
+    print(where, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -515,3 +476,5 @@ async def serve(
     await stop.wait()
     print("shutting down", file=sys.stderr, flush=True)
     await server.stop(grace_s)
+    if http is not None:
+        http.shutdown()

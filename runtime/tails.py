@@ -69,6 +69,8 @@ class TailHost:
         session_options: SessionOptions | None = None,
     ) -> None:
         self.limits = limits
+        # exact: no graph optimizations, so that answers are bit-identical to a local run
+        self.exact = session_options is not None and not session_options.optimize
         self.models: dict[str, ServedModel] = {}
         for directory in directories:
             served = ServedModel(Path(directory), load_manifest(directory))
@@ -175,24 +177,65 @@ class TailHost:
         response_codec: CodecSpec | None = None,
     ) -> tuple[list[Encoded], Timing]:
         """Check, decode, run the tail, encode its outputs (raw unless ``response_codec``)."""
-        response_codec = response_codec or CodecSpec()
-        if response_codec.codec.lossy:
-            raise CodecError(
-                f"outputs are sent losslessly: response codec {response_codec.codec.value} "
-                "is not allowed (use raw or zstd)"
-            )
-        self.check(model, cut_id, tensors)
-        served, cut = self.cut(model, cut_id)
+        response_codec = check_response_codec(response_codec)
         start = time.perf_counter()
-        feeds = {t.name: decode(t, max_bytes=self.limits.max_tensor_bytes) for t in tensors}
+        feeds = self.decode(model, cut_id, tensors)
         decoded = time.perf_counter()
-        results = run_session(served.sessions[cut_id], feeds)
+        results = self.compute(model, cut_id, feeds)
         computed = time.perf_counter()
-        outputs = [_encode_output(name, results[name], response_codec) for name in cut.tail_outputs]
+        outputs = self.encode(model, cut_id, results, response_codec)
         done = time.perf_counter()
         return outputs, Timing(
             (decoded - start) * 1000, (computed - decoded) * 1000, (done - computed) * 1000
         )
+
+    def decode(self, model: str, cut_id: str, tensors: Sequence[Encoded]) -> dict[str, np.ndarray]:
+        """The tail's feeds from checked tensors."""
+        self.check(model, cut_id, tensors)
+        return {t.name: decode(t, max_bytes=self.limits.max_tensor_bytes) for t in tensors}
+
+    def compute(
+        self, model: str, cut_id: str, feeds: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Run the tail on decoded feeds: every output by name."""
+        served, _ = self.cut(model, cut_id)
+        return run_session(served.sessions[cut_id], feeds)
+
+    def encode(
+        self,
+        model: str,
+        cut_id: str,
+        results: dict[str, np.ndarray],
+        response_codec: CodecSpec | None = None,
+    ) -> list[Encoded]:
+        """The cut's tail outputs, in order, encoded for the response (raw by default)."""
+        _, cut = self.cut(model, cut_id)
+        spec = response_codec or CodecSpec()
+        return [_encode_output(name, results[name], spec) for name in cut.tail_outputs]
+
+    def batch_axis_symbol(self, model: str, cut_id: str) -> str | None:
+        """The symbol of the leading dimension every tail input and output shares (the
+        batch), or None when the tail cannot run requests stacked along it."""
+        served, _ = self.cut(model, cut_id)
+        session = served.sessions[cut_id]
+        firsts = [
+            arg.shape[0] if arg.shape else None
+            for arg in [*session.get_inputs(), *session.get_outputs()]
+        ]
+        if not firsts or not isinstance(firsts[0], str) or len(set(firsts)) != 1:
+            return None
+        return firsts[0]
+
+
+def check_response_codec(spec: CodecSpec | None) -> CodecSpec:
+    """Outputs travel losslessly: raw unless zstd is asked for."""
+    spec = spec or CodecSpec()
+    if spec.codec.lossy:
+        raise CodecError(
+            f"outputs are sent losslessly: response codec {spec.codec.value} "
+            "is not allowed (use raw or zstd)"
+        )
+    return spec
 
 
 def _encode_output(name: str, value: object, spec: CodecSpec) -> Encoded:

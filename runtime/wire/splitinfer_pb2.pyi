@@ -30,7 +30,7 @@ class Tensor(_message.Message):
     axis: int
     payload: bytes
     payload_size: int
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., codec: _Optional[str] = ..., codec_version: _Optional[int] = ..., shuffle: _Optional[bool] = ..., scale: _Optional[_Iterable[float]] = ..., zero_point: _Optional[_Iterable[int]] = ..., axis: _Optional[int] = ..., payload: _Optional[bytes] = ..., payload_size: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., codec: _Optional[str] = ..., codec_version: _Optional[int] = ..., shuffle: bool = ..., scale: _Optional[_Iterable[float]] = ..., zero_point: _Optional[_Iterable[int]] = ..., axis: _Optional[int] = ..., payload: _Optional[bytes] = ..., payload_size: _Optional[int] = ...) -> None: ...
 
 class InferRequest(_message.Message):
     __slots__ = ("model", "cut", "request_id", "tensors", "response_codec")
@@ -140,7 +140,7 @@ class CutInfo(_message.Message):
     outputs: _containers.RepeatedScalarFieldContainer[str]
     device_outputs: _containers.RepeatedScalarFieldContainer[str]
     served: bool
-    def __init__(self, id: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[str]] = ..., device_outputs: _Optional[_Iterable[str]] = ..., served: _Optional[bool] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[str]] = ..., device_outputs: _Optional[_Iterable[str]] = ..., served: bool = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "sha256", "inputs", "outputs", "cuts", "codecs", "max_message_bytes")

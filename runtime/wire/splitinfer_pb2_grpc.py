@@ -5,7 +5,7 @@ import warnings
 
 from runtime.wire import splitinfer_pb2 as splitinfer__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class SplitInferenceStub:
+class SplitInferenceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -56,7 +56,7 @@ class SplitInferenceStub:
                 _registered_method=True)
 
 
-class SplitInferenceServicer:
+class SplitInferenceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Infer(self, request, context):
@@ -124,7 +124,7 @@ def add_SplitInferenceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class SplitInference:
+class SplitInference(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import onnx
@@ -49,8 +50,8 @@ def resnet_artifacts(tmp_path_factory) -> tuple[Path, onnx.ModelProto]:
 def serve() -> Iterator:
     started: list[RunningServer] = []
 
-    def start(host: TailHost, security: Security | None = None) -> RunningServer:
-        server = RunningServer(host, security=security)
+    def start(host: TailHost, security: Security | None = None, **options: Any) -> RunningServer:
+        server = RunningServer(host, security=security, **options)
         started.append(server)
         return server
 

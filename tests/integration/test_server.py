@@ -315,10 +315,10 @@ class GatedHost(TailHost):
         self.gate = threading.Event()
         self.computed: list[str] = []
 
-    def run(self, model, cut_id, tensors, response_codec=None):
+    def compute(self, model, cut_id, feeds):
         self.gate.wait(timeout=30)
         self.computed.append(cut_id)
-        return super().run(model, cut_id, tensors, response_codec)
+        return super().compute(model, cut_id, feeds)
 
 
 def test_an_expired_deadline_is_not_computed(resnet_artifacts, serve):
@@ -356,10 +356,10 @@ def test_beyond_the_queue_bound_requests_are_refused_at_once(resnet_artifacts, s
 
 
 class FaultyHost(TailHost):
-    def run(self, model, cut_id, tensors, response_codec=None):
+    def compute(self, model, cut_id, feeds):
         if cut_id == "c7":
             raise RuntimeError("secret internal detail")
-        return super().run(model, cut_id, tensors, response_codec)
+        return super().compute(model, cut_id, feeds)
 
 
 def test_an_unexpected_error_is_internal_without_the_details(resnet_artifacts, serve, caplog):
@@ -437,14 +437,14 @@ class CountingHost(TailHost):
         self.most = 0
         self.lock = threading.Lock()
 
-    def run(self, model, cut_id, tensors, response_codec=None):
+    def compute(self, model, cut_id, feeds):
         with self.lock:
             self.running += 1
             self.most = max(self.most, self.running)
         time.sleep(0.4)
         with self.lock:
             self.running -= 1
-        return super().run(model, cut_id, tensors, response_codec)
+        return super().compute(model, cut_id, feeds)
 
 
 def test_cancelled_calls_keep_their_slot_until_their_tail_ends(resnet_artifacts, serve):

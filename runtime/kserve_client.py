@@ -1,0 +1,117 @@
+"""A device's client for a server that speaks only KServe v2 (Triton, KServe, or
+splitinfer with ``--protocols kserve``): the same calls as SplitClient, so that
+EdgeRuntime can split against it.
+
+Tensors travel raw (KServe v2 has no codec of ours); a tail is the model named
+``<model>__<cut>``. KServe has no echo call, so a probe carrying a payload is
+refused: the throughput is learned from real calls alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as kpb
+from tritonclient.grpc import service_pb2_grpc as kpb_grpc
+
+from runtime.client import Pending, Reply, SplitClient
+from runtime.codec import Codec, Encoded
+from runtime.errors import CodecError, InvalidInputError, RemoteError
+from runtime.status import error_from_rpc
+from runtime.wire import splitinfer_pb2 as pb
+
+SEPARATOR = "__"
+DATATYPES = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+}
+DTYPES = {v: k for k, v in DATATYPES.items()}
+
+
+def model_name(model: str, cut: str) -> str:
+    """The KServe (and Triton repository) name of one tail."""
+    return f"{model}{SEPARATOR}{cut}"
+
+
+class KServeClient(SplitClient):
+    """A channel to a KServe v2 server; raw tensors only."""
+
+    codecs = ("raw",)  # what this link can carry
+    probes_payload = False  # no echo call: throughput comes from real calls
+
+    def __init__(self, target: str, **options: Any) -> None:
+        super().__init__(target, **options)
+        self.kstub = kpb_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def start_infer(
+        self,
+        model: str,
+        cut: str,
+        tensors: Sequence[Encoded],
+        *,
+        timeout: float | None = None,
+        request_id: str = "",
+    ) -> Pending:
+        request = kpb.ModelInferRequest(model_name=model_name(model, cut), id=request_id)
+        for tensor in tensors:
+            if tensor.codec != Codec.RAW:
+                raise CodecError(f"KServe v2 carries raw tensors only, not {tensor.codec.value}")
+            if tensor.dtype not in DTYPES:
+                raise InvalidInputError(f"{tensor.name!r}: {tensor.dtype} has no KServe type")
+            request.inputs.add(name=tensor.name, datatype=DTYPES[tensor.dtype], shape=tensor.shape)
+            request.raw_input_contents.append(bytes(tensor.payload))
+        future = self.kstub.ModelInfer.future(request, timeout=timeout, metadata=self.metadata)
+        return Pending(future, _parse)
+
+    def infer(self, model: str, cut: str, tensors: Sequence[Encoded], **options: Any) -> Reply:
+        """As start_infer, waiting for the answer."""
+        return self.start_infer(model, cut, tensors, **options).result()
+
+    def probe(
+        self, send_bytes: int = 0, receive_bytes: int = 0, *, timeout: float | None = None
+    ) -> tuple[float, float]:
+        """(round trip ms, 0) of a ServerLive call; payloads cannot be probed."""
+        if send_bytes or receive_bytes:
+            raise InvalidInputError("a KServe v2 server has no call to probe throughput")
+        start = time.perf_counter()
+        try:
+            self.kstub.ServerLive(kpb.ServerLiveRequest(), timeout=timeout, metadata=self.metadata)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return (time.perf_counter() - start) * 1000, 0.0
+
+
+def _parse(response: Any, round_trip_ms: float) -> Reply:
+    begin = time.perf_counter()
+    raw = list(response.raw_output_contents)
+    if len(raw) != len(response.outputs):
+        raise RemoteError("the KServe answer's raw_output_contents do not match its outputs")
+    outputs = {}
+    for tensor, data in zip(response.outputs, raw, strict=True):
+        dtype = DATATYPES.get(tensor.datatype)
+        if dtype is None:
+            raise RemoteError(f"output {tensor.name!r} has datatype {tensor.datatype}")
+        shape = tuple(int(d) for d in tensor.shape)
+        try:
+            outputs[tensor.name] = np.frombuffer(data, dtype=dtype).reshape(shape)
+        except ValueError:
+            raise RemoteError(f"output {tensor.name!r}: {len(data)} bytes for {shape}") from None
+    server_ms = 0.0  # Triton does not say; splitinfer's KServe endpoint does
+    if "server_ms" in response.parameters:
+        server_ms = response.parameters["server_ms"].double_param
+    timing = pb.ServerTiming(compute_ms=server_ms)
+    return Reply(outputs, timing, round_trip_ms, (time.perf_counter() - begin) * 1000)
