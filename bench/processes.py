@@ -28,10 +28,12 @@ def start(command: Sequence[str]) -> tuple[subprocess.Popen[str], str]:
     return process, line.removeprefix("listening on ")
 
 
-def start_server(directories: Sequence[Path], port: int = 0) -> tuple[subprocess.Popen[str], int]:
-    """``splitinfer serve DIR... --port PORT``; returns the process and its port."""
+def start_server(
+    directories: Sequence[Path], port: int = 0, options: Sequence[str] = ()
+) -> tuple[subprocess.Popen[str], int]:
+    """``splitinfer serve DIR... --port PORT [options]``; returns the process and its port."""
     process, address = start(
-        ["partitioner.cli", "serve", *map(str, directories), "--port", str(port)]
+        ["partitioner.cli", "serve", *map(str, directories), "--port", str(port), *options]
     )
     return process, int(address.rsplit(":", 1)[1])
 

@@ -450,8 +450,8 @@ async def serve(
     metrics_port: int | None = None,
     grace_s: float = 5.0,
 ) -> None:
-    """Serve until SIGTERM or SIGINT; the first stdout line says where (and where the
-    metrics are, with ``metrics_port``)."""
+    """Serve until SIGTERM or SIGINT; the first stdout line says where (the second, with
+    ``metrics_port``, where the metrics are)."""
     tails = TailHost(directories, limits=limits or HostLimits(), session_options=session_options)
     metrics = Metrics()
     server, bound = await create_server(
@@ -463,12 +463,11 @@ async def serve(
         protocols=protocols,
     )
     await server.start()
-    where = f"listening on {host_address}:{bound}"
+    print(f"listening on {host_address}:{bound}", flush=True)
     http = None
     if metrics_port is not None:
         http, http_port = metrics.serve(host_address, metrics_port)
-        where += f"; metrics on http://{host_address}:{http_port}/metrics"
-    print(where, flush=True)
+        print(f"metrics on http://{host_address}:{http_port}/metrics", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

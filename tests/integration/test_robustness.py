@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 
 import grpc
+import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as kpb
 
 from runtime.client import SplitClient
+from runtime.errors import NotFoundError
 from runtime.kserve import KServeServicer
 from runtime.tails import TailHost
 
@@ -97,14 +102,25 @@ def test_reflection_lists_the_services(resnet_artifacts, serve):
     } <= names
 
 
-def test_serve_prints_where_it_listens_and_stops_gracefully_on_sigterm(resnet_artifacts):
+@contextlib.contextmanager
+def _serving(*arguments: str) -> Iterator[subprocess.Popen[str]]:
+    """``splitinfer serve ARGUMENTS`` as a process; killed if the test leaves it running."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "partitioner.cli", "serve", str(resnet_artifacts[0]), "--port", "0"],
+        [sys.executable, "-m", "partitioner.cli", "serve", *arguments],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_serve_prints_where_it_listens_and_stops_gracefully_on_sigterm(resnet_artifacts):
+    with _serving(str(resnet_artifacts[0]), "--port", "0") as process:
         assert process.stdout is not None
         line = process.stdout.readline().strip()
         assert line.startswith("listening on 127.0.0.1:")
@@ -114,10 +130,23 @@ def test_serve_prints_where_it_listens_and_stops_gracefully_on_sigterm(resnet_ar
             assert client.describe().models
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+
+
+def test_serve_with_metrics_says_where_they_are_and_they_count_the_calls(resnet_artifacts):
+    with _serving(str(resnet_artifacts[0]), "--port", "0", "--metrics-port", "0") as process:
+        assert process.stdout is not None
+        port = int(process.stdout.readline().strip().rsplit(":", 1)[1])
+        metrics = process.stdout.readline().strip()
+        assert metrics.startswith("metrics on http://127.0.0.1:"), metrics
+        with SplitClient(f"127.0.0.1:{port}") as client:
+            client.wait_ready(10)
+            with pytest.raises(NotFoundError):
+                client.infer("resnet", "no-such-cut", [])
+        url = metrics.removeprefix("metrics on ")
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        assert 'status="NOT_FOUND"} 1.0' in text, text[:2000]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
 
 
 def test_serve_with_a_bad_directory_is_one_line_and_exit_2(tmp_path):
