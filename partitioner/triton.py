@@ -25,7 +25,7 @@ from runtime.artifacts import load_manifest
 from runtime.batching import BatchOptions
 from runtime.engine import inside
 from runtime.errors import ArtifactError
-from runtime.kserve import triton_config
+from runtime.kserve import batch_dimension, tail_signature, triton_config
 from runtime.kserve_client import model_name
 
 MODEL_FILE = "model.onnx"
@@ -53,11 +53,17 @@ def export_triton(
             target.mkdir()
             shutil.copyfile(tail, target / MODEL_FILE)
             for relative in data:
+                source = tail.parent / relative
+                if not source.is_file():
+                    raise ArtifactError(f"{tail}: its external data {relative} is missing")
                 (target / relative).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(tail.parent / relative, target / relative)
+                shutil.copyfile(source, target / relative)
         else:
             shutil.copyfile(tail, version / MODEL_FILE)
-        config = triton_config(name, tail, batching)
+        inputs, outputs = tail_signature(tail)
+        config = triton_config(
+            name, inputs, outputs, batched=batch_dimension(tail), batching=batching
+        )
         (out / name / "config.pbtxt").write_text(text_format.MessageToString(config))
         names.append(name)
     if not names:

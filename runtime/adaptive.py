@@ -279,6 +279,9 @@ class EdgeRuntime:
                 self._inflight -= 1
         timing = reply.server
         server_ms = timing.queue_ms + timing.decode_ms + timing.compute_ms + timing.encode_ms
+        if not reply.server_known:  # a server that does not say (Triton): the estimate
+            with self._lock:
+                server_ms = self.costs[(cut_id, codec)].server_ms
         network_ms = max(reply.round_trip_ms - server_ms, 0.0)
         up = sum(encoded_size(t) for t in tensors)
         down = sum(v.nbytes for v in reply.outputs.values())
@@ -386,6 +389,9 @@ class EdgeRuntime:
         with a payload and another empty one: what the payload adds to the faster empty
         call (the first may have opened the connection) is the throughput's. A sample
         taken while a split was on the link is dropped: it measured the split's queue."""
+        with self._lock:
+            if self._inflight:  # a split is on the link: its answer will tell
+                return
         if not self.breaker.allow():
             return
         link = self.link.estimate()
@@ -415,15 +421,13 @@ class EdgeRuntime:
             self.link.observe_rtt(empty_ms)
 
     def _quiet_probe(self, size: int, timeout: float) -> float | None:
-        """The network time (ms) of a probe carrying ``size`` bytes up, or None when a
-        split was in flight meanwhile."""
+        """The network time (ms) of a probe carrying ``size`` bytes up (sent in any
+        case), or None when a split was on the link meanwhile."""
         with self._lock:
-            if self._inflight:
-                return None
-            calls = self._stats.calls
+            busy, calls = self._inflight, self._stats.calls
         round_trip, server_ms = self.client.probe(size, 0, timeout=timeout)
         with self._lock:
-            if self._inflight or self._stats.calls != calls:
+            if busy or self._inflight or self._stats.calls != calls:
                 return None
         return round_trip - server_ms
 

@@ -106,7 +106,8 @@ class Batcher:
                     if left <= 0:
                         break
                     self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
+                    # asyncio.TimeoutError is not the builtin before Python 3.11
+                    with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), left)
                 batch = self._take()
             except BaseException:
@@ -157,30 +158,52 @@ class Batcher:
         started = time.perf_counter()
         try:
             if len(batch) == 1:
-                results = await self.compute(batch[0].feeds)
+                results = [await self.compute(batch[0].feeds)]
             else:
                 stacked = {
                     name: np.concatenate([w.feeds[name] for w in batch]) for name in batch[0].feeds
                 }
-                results = await self.compute(stacked)
-        except Exception as exc:  # every caller in the batch gets the error
+                results = _unstack(await self.compute(stacked), [w.samples for w in batch])
+            sizes = [sum(w.samples for w in batch)]
+        except Exception as exc:
+            if len(batch) == 1:
+                _fail(batch[0], exc)
+                return
+            # a request whose values break the tail (an index out of range...) must not
+            # fail the others stacked with it: run each on its own
+            results, sizes = [], []
             for waiting in batch:
-                if not waiting.future.done():
-                    waiting.future.set_exception(exc)
-            return
+                try:
+                    results.append(await self.compute(waiting.feeds))
+                except Exception as alone:
+                    _fail(waiting, alone)
+                    results.append({})
+                    continue
+                sizes.append(waiting.samples)
         compute_ms = (time.perf_counter() - started) * 1000
-        size = sum(w.samples for w in batch)
         if self.on_run is not None:
-            self.on_run(size)
-        offset = 0
-        for waiting in batch:
-            part = results
-            if len(batch) > 1:
-                part = {k: v[offset : offset + waiting.samples] for k, v in results.items()}
-            offset += waiting.samples
+            for size in sizes:
+                self.on_run(size)
+        for waiting, part in zip(batch, results, strict=True):
             if not waiting.future.done():
                 queue_ms = (started - waiting.enqueued) * 1000
-                waiting.future.set_result(Batched(part, size, queue_ms, compute_ms))
+                waiting.future.set_result(
+                    Batched(part, max(sizes, default=0), queue_ms, compute_ms)
+                )
+
+
+def _unstack(results: Feeds, samples: list[int]) -> list[Feeds]:
+    """Each request's share of a stacked run's outputs."""
+    parts, offset = [], 0
+    for count in samples:
+        parts.append({k: v[offset : offset + count] for k, v in results.items()})
+        offset += count
+    return parts
+
+
+def _fail(waiting: _Waiting, exc: BaseException) -> None:
+    if not waiting.future.done():
+        waiting.future.set_exception(exc)
 
 
 def _samples(feeds: Feeds) -> int:

@@ -44,6 +44,7 @@ class Reply:
     server: pb.ServerTiming
     round_trip_ms: float
     decode_ms: float
+    server_known: bool = True  # False: the server did not report its time
 
 
 class SplitClient:

@@ -30,8 +30,12 @@ from tritonclient.grpc import service_pb2 as kpb
 
 from runtime.batching import BatchOptions
 from runtime.codec import Codec, Encoded
-from runtime.engine import inside
-from runtime.errors import InvalidInputError, NotFoundError, SplitInferError
+from runtime.errors import (
+    InvalidInputError,
+    NotFoundError,
+    SplitInferError,
+    UnsupportedModelError,
+)
 from runtime.kserve_client import DATATYPES, DTYPES, model_name
 from runtime.metrics import Call
 from runtime.service import Malformed, TailService, lenient, respond, stream_answers
@@ -103,13 +107,33 @@ def batch_dimension(path: str | Path) -> bool:
     return len(firsts) == 1
 
 
+def session_signature(session: Any) -> tuple[list[Port], list[Port]]:
+    """The inputs and outputs of a loaded ONNX Runtime session (no file read)."""
+
+    def ports(args: Iterable[Any]) -> list[Port]:
+        found = []
+        for arg in args:
+            element = arg.type.removeprefix("tensor(").removesuffix(")")
+            dtype = ORT_TYPES.get(element, element)
+            dims = tuple(d if isinstance(d, int) else -1 for d in arg.shape or ())
+            found.append(Port(arg.name, dtype, dims))
+        return found
+
+    return ports(session.get_inputs()), ports(session.get_outputs())
+
+
 def triton_config(
-    name: str, path: str | Path, batching: BatchOptions = BatchOptions()
+    name: str,
+    inputs: Sequence[Port],
+    outputs: Sequence[Port],
+    *,
+    batched: bool,
+    batching: BatchOptions = BatchOptions(),
 ) -> mc.ModelConfig:
     """The Triton model configuration of one ONNX tail: inputs, outputs, dtypes and
-    dims; with a dynamic batch dimension, ``max_batch_size`` and dynamic batching."""
-    inputs, outputs = tail_signature(path)
-    batched = batching.enabled and batch_dimension(path)
+    dims; ``batched`` (a dynamic batch dimension, and batching on): ``max_batch_size``
+    and dynamic batching, dims without the batch."""
+    batched = batched and batching.enabled
     config = mc.ModelConfig(
         name=name,
         platform=PLATFORM,
@@ -120,8 +144,8 @@ def triton_config(
     for ports, field in ((inputs, config.input), (outputs, config.output)):
         for port in ports:
             if port.dtype not in DTYPES:
-                raise InvalidInputError(
-                    f"tensor {port.name!r} of type {port.dtype} has no KServe type"
+                raise UnsupportedModelError(
+                    f"tensor {port.name!r} of type {port.dtype} has no KServe v2 datatype"
                 )
             entry = field.add()
             entry.name = port.name
@@ -136,7 +160,6 @@ def triton_config(
 class _Tail:
     model: str
     cut: str
-    path: Path
 
 
 class KServeServicer:
@@ -149,9 +172,7 @@ class KServeServicer:
         for name, served in self.host.models.items():
             for cut in served.manifest.cuts:
                 if cut.id in served.sessions and cut.tail is not None:
-                    path = inside(served.directory, cut.tail)
-                    self.tails[model_name(name, cut.id)] = _Tail(name, cut.id, path)
-        self._signatures: dict[str, tuple[list[Port], list[Port]]] = {}
+                    self.tails[model_name(name, cut.id)] = _Tail(name, cut.id)
 
     # ---- lookups
 
@@ -164,9 +185,8 @@ class KServeServicer:
         return tail
 
     def _signature(self, name: str) -> tuple[list[Port], list[Port]]:
-        if name not in self._signatures:
-            self._signatures[name] = tail_signature(self.tails[name].path)
-        return self._signatures[name]
+        tail = self.tails[name]
+        return session_signature(self.host.models[tail.model].sessions[tail.cut])
 
     def _check(
         self, request: Any, context: grpc.aio.ServicerContext, *, token: bool = True
@@ -227,7 +247,16 @@ class KServeServicer:
         async def config() -> kpb.ModelConfigResponse:
             self._check(request, context)
             tail = self._tail(request.name, request.version)
-            made = triton_config(request.name, tail.path, self.service.batching)
+            inputs, outputs = self._signature(request.name)
+            # what this server does: an exact one never batches
+            batched = not self.host.exact and self.host.batch_axis_symbol(tail.model, tail.cut)
+            made = triton_config(
+                request.name,
+                inputs,
+                outputs,
+                batched=bool(batched),
+                batching=self.service.batching,
+            )
             return kpb.ModelConfigResponse(config=made)
 
         return await respond(context, config())
@@ -262,12 +291,18 @@ class KServeServicer:
         call.bytes_in = sum(len(t.payload) for t in tensors)
         _, outputs = self._signature(request.model_name)
         wanted = [o.name for o in request.outputs] or [o.name for o in outputs]
-        known = {o.name for o in outputs}
+        known = {o.name: o for o in outputs}
+        if len(set(wanted)) != len(wanted):
+            raise InvalidInputError(f"an output is requested twice: {wanted}")
         for name in wanted:
             if name not in known:
                 raise InvalidInputError(
                     f"model {request.model_name!r} has no output {name!r}; "
                     f"it has {', '.join(sorted(known))}"
+                )
+            if known[name].dtype not in DTYPES:  # before computing anything
+                raise UnsupportedModelError(
+                    f"output {name!r} of type {known[name].dtype} has no KServe v2 datatype"
                 )
         answer = await self.service.infer(tail.model, tail.cut, tensors, None, context)
         by_name = {o.name: o for o in answer.outputs}
@@ -278,10 +313,6 @@ class KServeServicer:
         response.parameters["server_ms"].double_param = server_ms
         for name in wanted:
             output = by_name[name]
-            if output.dtype not in DTYPES:
-                raise InvalidInputError(
-                    f"output {name!r} of type {output.dtype} has no KServe type"
-                )
             response.outputs.add(name=name, datatype=DTYPES[output.dtype], shape=output.shape)
             response.raw_output_contents.append(bytes(output.payload))
         call.bytes_out = sum(len(b) for b in response.raw_output_contents)
@@ -302,11 +333,19 @@ class KServeServicer:
                 if isinstance(request, Malformed):
                     raise InvalidInputError(request.message)
                 response = await self._infer(request, context, call)
+            except asyncio.CancelledError:  # the stream went away
+                call.done(grpc.StatusCode.CANCELLED.name)
+                raise
             except Exception as exc:
                 code, message = _status(exc)
                 call.done(code.name)
                 text = f"{code.name}: {message}"
-                await answers.put(kpb.ModelStreamInferResponse(error_message=text))
+                which = kpb.ModelInferResponse()  # which request failed, when it parsed
+                if not isinstance(request, Malformed):
+                    which.model_name, which.id = request.model_name, request.id
+                await answers.put(
+                    kpb.ModelStreamInferResponse(error_message=text, infer_response=which)
+                )
                 return
             call.done(grpc.StatusCode.OK.name)
             await answers.put(kpb.ModelStreamInferResponse(infer_response=response))
@@ -321,6 +360,9 @@ class KServeServicer:
 
         async for answer in stream_answers(read, answers, tasks):
             yield answer
+
+
+ORT_TYPES = {"float": "float32", "double": "float64"}  # ONNX Runtime's element names
 
 
 def _version() -> str:
@@ -390,12 +432,12 @@ def _from_contents(tensor: Any, dtype: str, shape: Sequence[int]) -> bytes:
         raise InvalidInputError(
             f"input {tensor.name!r}: {len(values)} values in contents for shape {list(shape)}"
         )
-    try:
-        return np.asarray(values, dtype=dtype).tobytes()
-    except OverflowError:
-        raise InvalidInputError(
-            f"input {tensor.name!r}: a value is out of range for {dtype}"
-        ) from None
+    kind = np.dtype(dtype)
+    if kind.kind in "iu" and len(values):  # numpy before 2 wraps out-of-range values
+        low, high = np.iinfo(kind).min, np.iinfo(kind).max
+        if min(values) < low or max(values) > high:
+            raise InvalidInputError(f"input {tensor.name!r}: a value is out of range for {dtype}")
+    return np.asarray(values, dtype=kind).tobytes()
 
 
 def _unimplemented(method: str) -> Callable[..., Any]:

@@ -110,8 +110,8 @@ def _parse(response: Any, round_trip_ms: float) -> Reply:
             outputs[tensor.name] = np.frombuffer(data, dtype=dtype).reshape(shape)
         except ValueError:
             raise RemoteError(f"output {tensor.name!r}: {len(data)} bytes for {shape}") from None
-    server_ms = 0.0  # Triton does not say; splitinfer's KServe endpoint does
-    if "server_ms" in response.parameters:
-        server_ms = response.parameters["server_ms"].double_param
+    known = "server_ms" in response.parameters  # Triton does not say; splitinfer does
+    server_ms = response.parameters["server_ms"].double_param if known else 0.0
     timing = pb.ServerTiming(compute_ms=server_ms)
-    return Reply(outputs, timing, round_trip_ms, (time.perf_counter() - begin) * 1000)
+    decode_ms = (time.perf_counter() - begin) * 1000
+    return Reply(outputs, timing, round_trip_ms, decode_ms, server_known=known)

@@ -48,9 +48,6 @@ PROTOCOL = "splitinfer"  # the metrics' protocol label
 PROTOCOLS = (PROTOCOL, "kserve")  # what a server speaks by default
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 MAX_PENDING_STREAM_REQUESTS = 64
-# A tail that recently took less than this runs on the event loop itself: the hop
-# to a worker thread costs more. Longer ones run in a thread, leaving the loop free.
-INLINE_MS = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,15 +77,14 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
     async def Infer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         # bytes in, bytes out: runtime.fastwire reads and writes payloads without copies
         call = self.service.metrics.call(PROTOCOL)
-        call.bytes_in = len(request)
 
         async def infer() -> bytes:
             self._admit(None, context)
             header, tensors = fastwire.read(request, pb.InferRequest)
+            call.bytes_in = sum(len(t.payload) for t in tensors)
             response, outputs = await self._infer(header, tensors, context, call)
-            reply = fastwire.write(response, outputs)
-            call.bytes_out = len(reply)
-            return reply
+            call.bytes_out = sum(len(o.payload) for o in outputs)
+            return fastwire.write(response, outputs)
 
         return await respond(context, infer(), call)
 
@@ -138,6 +134,9 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
                 for output in outputs:
                     tensor_to_proto(output, response.outputs.add())
                 call.bytes_out = sum(len(o.payload) for o in response.outputs)
+            except asyncio.CancelledError:  # the stream went away
+                call.done(grpc.StatusCode.CANCELLED.name)
+                raise
             except Exception as exc:
                 error = _stream_error(request.request_id, exc)
                 call.done(_CODE_NAMES.get(error.error.code, "UNKNOWN"))
@@ -462,11 +461,12 @@ async def serve(
         metrics=metrics,
         protocols=protocols,
     )
+    http = None
+    if metrics_port is not None:  # before serving: a port taken stops here
+        http, http_port = metrics.serve(host_address.strip("[]"), metrics_port)
     await server.start()
     print(f"listening on {host_address}:{bound}", flush=True)
-    http = None
-    if metrics_port is not None:
-        http, http_port = metrics.serve(host_address, metrics_port)
+    if http is not None:
         print(f"metrics on http://{host_address}:{http_port}/metrics", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -38,19 +38,21 @@ log = logging.getLogger("splitinfer.server")
 
 class Admission:
     """Bounds the work: ``max_concurrent`` tails at once, ``max_queued`` waiting;
-    beyond that a request is refused at once rather than queued without end."""
+    beyond that a request is refused at once rather than queued without end. With
+    batching, each running tail holds up to ``per_run`` requests."""
 
-    def __init__(self, limits: HostLimits) -> None:
+    def __init__(self, limits: HostLimits, per_run: int = 1) -> None:
         self.limits = limits
         self.slots = asyncio.Semaphore(limits.max_concurrent)
+        self.running = limits.max_concurrent * per_run  # requests being computed at most
         self.admitted = 0
 
     @contextlib.asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:
         """Count a request in, or refuse it when running and queued work is at the bound."""
-        if self.admitted >= self.limits.max_concurrent + self.limits.max_queued:
+        if self.admitted >= self.running + self.limits.max_queued:
             raise OverloadedError(
-                f"the server is at capacity ({self.limits.max_concurrent} running, "
+                f"the server is at capacity ({self.running} running, "
                 f"{self.limits.max_queued} queued): retry later"
             )
         self.admitted += 1
@@ -99,7 +101,8 @@ class TailService:
         metrics: Metrics | None = None,
     ) -> None:
         self.host = host
-        self.admission = Admission(host.limits)
+        batches = batching.enabled and not host.exact
+        self.admission = Admission(host.limits, batching.max_batch if batches else 1)
         self.batching = batching
         self.metrics = metrics or Metrics()
         self.metrics.known = {
@@ -182,7 +185,9 @@ class TailService:
         async with self.admission.slot(context) as queued_ms:
             work = lambda: self.host.run(model, cut, tensors, response_codec)  # noqa: E731
             outputs, timing = await self._maybe_inline((model, cut), work)
-        self.metrics.batch(model, cut, _samples(tensors))
+        # a run of a tail without a batch dimension is one run of one request
+        stacks = self.host.batch_axis_symbol(model, cut) is not None
+        self.metrics.batch(model, cut, _samples(tensors) if stacks else 1)
         return Answer(outputs, queued_ms, timing.decode_ms, timing.compute_ms, timing.encode_ms, 1)
 
     async def _compute(

@@ -239,3 +239,22 @@ def test_auto_codec_sends_each_cut_with_a_codec_the_plan_chose_for_it(tmp_path, 
     assert [(r.path, r.cut, r.codec) for r in results] == [("split", "cloud", "zstd")] * 4
     assert all(np.array_equal(results[0].outputs[k], v) for k, v in expected.items())
     assert (forced.path, forced.codec) == ("split", "raw")
+
+
+class SlowTailHost(TailHost):
+    """A server whose tails take 60 ms: far longer than a call's first prediction."""
+
+    def compute(self, model, cut_id, feeds):
+        time.sleep(0.06)
+        return super().compute(model, cut_id, feeds)
+
+
+def test_a_tail_slower_than_the_first_hedge_is_learned_not_hedged_forever(artifacts, serve):
+    directory, _ = artifacts
+    server = serve(SlowTailHost([directory], session_options=EXACT))
+    # no plan, so nothing says the tail takes 60 ms; local is slower still (~1 ms x 300)
+    with _runtime(directory, server.target, slowdown=300.0, deadline_ms=3000) as runtime:
+        paths = _paths(runtime, 12)
+        stats = runtime.stats()
+    assert paths[-5:] == [("split", "cloud")] * 5 or paths[-5:] == [("split", "mid")] * 5, paths
+    assert stats["paths"]["fallback"] <= 3, stats

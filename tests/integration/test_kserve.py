@@ -164,9 +164,9 @@ def test_metadata_config_and_index_describe_each_tail(artifacts, server):
             ]
             assert [t.name for t in metadata.outputs] == [p.name for p in outputs]
             config = client.get_model_config(name).config
-            assert config.max_batch_size == 32  # the tails keep the symbolic batch
+            assert config.max_batch_size == 0  # an exact server does not batch: full dims
             assert [(i.name, list(i.dims)) for i in config.input] == [
-                (p.name, list(p.dims[1:])) for p in inputs
+                (p.name, list(p.dims)) for p in inputs
             ]
             assert config.input[0].data_type == mc.TYPE_FP32
         assert client.get_server_metadata().name == "splitinfer"
@@ -285,8 +285,13 @@ def test_the_token_guards_kserve_too_but_not_liveness(artifacts, serve):
         assert result.as_numpy("matmul11").shape == (1, 10)
 
 
-def test_a_generated_config_round_trips_through_json(artifacts, server):
+def test_a_batching_servers_config_has_the_batch_dimension_out_and_round_trips(artifacts, serve):
+    directory, _ = artifacts
+    server = serve(TailHost([directory]))  # optimized: it batches
+    inputs, _ = tail_signature(directory / "cuts" / "cloud" / "tail.onnx")
     with triton.InferenceServerClient(server.target) as client:
         config = client.get_model_config("adaptive__cloud").config
+    assert config.max_batch_size == 32  # the tails keep the symbolic batch
+    assert [list(i.dims) for i in config.input] == [list(p.dims[1:]) for p in inputs]
     again = json_format.ParseDict(json_format.MessageToDict(config), mc.ModelConfig())
     assert again == config and again.dynamic_batching.max_queue_delay_microseconds > 0

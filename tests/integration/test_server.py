@@ -17,6 +17,7 @@ import zstandard
 from partitioner import ModelGraph, enumerate_cuts, write_artifacts
 from partitioner.profile import ProfileOptions, profile_model
 from runtime.artifacts import load_manifest
+from runtime.batching import BatchOptions
 from runtime.client import SplitClient, stream_messages
 from runtime.codec import Codec, CodecSpec, encode
 from runtime.edge import StaticSplit
@@ -340,7 +341,7 @@ def test_an_expired_deadline_is_not_computed(resnet_artifacts, serve):
 def test_beyond_the_queue_bound_requests_are_refused_at_once(resnet_artifacts, serve):
     directory, _ = resnet_artifacts
     host = GatedHost([directory], limits=HostLimits(max_concurrent=1, max_queued=1))
-    server = serve(host)
+    server = serve(host, batching=BatchOptions(max_batch=1))  # a batch would hold them all
     with SplitClient(server.target) as client, ThreadPoolExecutor(4) as pool:
         manifest, cut, tensors = _good(client, directory)
         waiting = [

@@ -21,7 +21,7 @@ from runtime.batching import BatchOptions
 from runtime.client import SplitClient
 from runtime.codec import encode
 from runtime.engine import SessionOptions, make_session, run_session
-from runtime.errors import NotFoundError
+from runtime.errors import NotFoundError, RemoteError
 from runtime.kserve import tail_signature
 from runtime.kserve_client import KServeClient
 from runtime.tails import TailHost
@@ -280,3 +280,41 @@ def test_export_triton_of_a_bad_directory_is_one_line_and_exit_2(tmp_path):
         timeout=120,
     )
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def _gather_artifacts(directory):
+    """y = GatherElements(x, idx, axis=1): an index out of range fails the run."""
+    from onnx import TensorProto, helper
+
+    from partitioner import ModelGraph, cut_from_tensors, write_artifacts
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    idx = helper.make_tensor_value_info("idx", TensorProto.INT64, ["N", 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])
+    node = helper.make_node("GatherElements", ["x", "idx"], ["y"], axis=1)
+    graph = helper.make_graph([node], "gather", [x, idx], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    loaded = ModelGraph.load(model)
+    write_artifacts(loaded, [cut_from_tensors(loaded, ["x", "idx"], cut_id="cloud")], directory)
+
+
+def test_a_request_that_breaks_its_batch_fails_alone(tmp_path, serve):
+    _gather_artifacts(tmp_path)
+    server = serve(TailHost([tmp_path]), batching=BatchOptions(max_batch=32, max_delay_ms=50))
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+
+    def call(index):
+        position = np.array([[index % 4 if index != 3 else 99]], dtype=np.int64)
+        with SplitClient(server.target) as client:
+            try:
+                tensors = [encode(x, name="x"), encode(position, name="idx")]
+                reply = client.infer("gather", "cloud", tensors, timeout=30)
+            except RemoteError as exc:
+                return exc.code
+            return float(reply.outputs["y"][0, 0])
+
+    answers = _concurrently(8, call)
+    assert answers[3] == "INTERNAL", answers
+    assert [a for i, a in enumerate(answers) if i != 3] == [i % 4 for i in range(8) if i != 3]
+    count, total = _batch_sizes(server.metrics, "gather")
+    assert total >= 7, (count, total)  # the others ran, stacked or alone

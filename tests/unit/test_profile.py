@@ -141,6 +141,9 @@ def test_the_cli_profiles_plans_sweeps_splits_and_checks(tmp_path, capsys):
     restricted = json.loads(capsys.readouterr().out)["candidates"]
     assert {c["codec"] for c in restricted} <= {"raw", "-"}
     assert not any("image" in c["tensors"] for c in restricted)
+    assert main(["plan", *common, "--uplink", "1mbit", "--protocol", "kserve", "--json"]) == 0
+    over_kserve = json.loads(capsys.readouterr().out)["candidates"]  # raw tensors only
+    assert {c["codec"] for c in over_kserve} == {"raw", "-"}
 
     plan = tmp_path / "plan.json"
     assert main(["plan", *common, "--sweep", "--out", str(plan)]) == 0
