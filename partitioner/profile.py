@@ -314,7 +314,8 @@ def profile_model(
     batches = _batches(graph, feeds, options.batch)
     session_options = SessionOptions(threads=options.threads)
     with tempfile.TemporaryDirectory(prefix="splitinfer-profile-") as tmp:
-        manifest = write_artifacts(graph, cuts, tmp)
+        # throwaway copies: no checker (split checks its own), the weights written once
+        manifest = write_artifacts(graph, cuts, tmp, check=False, shared_weights=True)
         # every tensor some node reads: any of them can cross a cut the min-cut finds
         names = [t for t in graph.consumers if is_sendable(graph.spec(t))]
         activations = _activations(graph, names, Path(tmp), batches)

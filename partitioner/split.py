@@ -9,6 +9,7 @@ Every written file passes ``onnx.checker``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from runtime.errors import ModelError
 
 EXTERNAL_DATA_THRESHOLD = 1_500_000_000
 FULL_MODEL_NAME = "model.onnx"
+SHARED_WEIGHTS = "weights.bin"
 
 
 def head_model(graph: ModelGraph, cut: Cut) -> onnx.ModelProto | None:
@@ -171,21 +173,59 @@ def write_artifacts(
     *,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     plan: dict[str, Any] | None = None,
+    check: bool = True,
+    shared_weights: bool = False,
 ) -> Manifest:
     """Write the full model, each cut's head and tail, and ``manifest.json``
-    (with ``plan``, the plan the cuts come from, when given)."""
+    (with ``plan``, the plan the cuts come from, when given). ``check``: run
+    onnx.checker on every file written (off for throwaway copies).
+
+    ``shared_weights`` writes the weights once, to ``weights.bin``, and every
+    head and tail (``<id>.head.onnx``, beside it) refers to their place there:
+    for throwaway copies of many cuts of a big model (the profiler's), where a
+    copy of the weights per cut would be gigabytes written and read.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_model(graph.model, out / FULL_MODEL_NAME, external_data_threshold=external_data_threshold)
+    source = graph
+    if shared_weights:
+        full = onnx.ModelProto()
+        full.CopyFrom(graph.model)  # saving converts its tensors to references, in place
+        onnx.save_model(
+            full,
+            str(out / FULL_MODEL_NAME),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=SHARED_WEIGHTS,
+            size_threshold=1024,
+        )
+        source = copy.copy(graph)
+        source.weights = {i.name: i for i in full.graph.initializer}
+    else:
+        save_model(
+            graph.model,
+            out / FULL_MODEL_NAME,
+            external_data_threshold=external_data_threshold,
+            check=check,
+        )
     written = []
     for cut in dict((c.id, c) for c in cuts).values():
         paths: dict[str, str | None] = {}
-        for side, model in (("head", head_model(graph, cut)), ("tail", tail_model(graph, cut))):
+        for side, model in (("head", head_model(source, cut)), ("tail", tail_model(source, cut))):
             if model is None:
                 paths[side] = None
                 continue
-            relative = f"cuts/{cut.id}/{side}.onnx"
-            save_model(model, out / relative, external_data_threshold=external_data_threshold)
+            if shared_weights:
+                relative = f"{cut.id}.{side}.onnx"
+                onnx.save_model(model, str(out / relative))  # references into weights.bin
+            else:
+                relative = f"cuts/{cut.id}/{side}.onnx"
+                save_model(
+                    model,
+                    out / relative,
+                    external_data_threshold=external_data_threshold,
+                    check=check,
+                )
             paths[side] = relative
         written.append(
             CutArtifact(

@@ -76,6 +76,25 @@ def test_big_models_keep_weights_in_external_data(tmp_path):
     assert_recomposes(original, tmp_path, manifest)
 
 
+def test_shared_weights_are_written_once_and_every_cut_still_recomposes(tmp_path):
+    original = FAMILIES["resnet"]()
+    graph = ModelGraph.load(original)
+    cuts = enumerate_cuts(graph)
+    manifest = write_artifacts(graph, cuts, tmp_path, check=False, shared_weights=True)
+    weights = (tmp_path / "weights.bin").stat().st_size
+    assert [p.name for p in tmp_path.glob("*.data")] == [] and weights > 0
+    sides = [tmp_path / s for c in manifest.cuts for s in (c.head, c.tail) if s is not None]
+    referenced = 0
+    for side in sides:
+        for init in onnx.load(str(side), load_external_data=False).graph.initializer:
+            if len(init.raw_data) >= 1024 or init.data_location == onnx.TensorProto.EXTERNAL:
+                where = {e.key: e.value for e in init.external_data}
+                assert where["location"] == "weights.bin", (side, init.name)
+                referenced += 1
+    assert len(sides) > 10 and referenced > len(sides)
+    assert_recomposes(original, tmp_path, manifest)
+
+
 def test_writing_again_into_the_same_directory_replaces_external_data(tmp_path):
     original = FAMILIES["chain_cnn"]()
     split_all(original, tmp_path, external_data_threshold=0)
