@@ -11,7 +11,8 @@ uplink {1, 5, 10, 25, 50, 100, 1000} Mbit/s x RTT {5, 40, 100} ms through the
 link emulator (``--quick``: {10, 100, 1000} x {5, 40}). The device is this
 machine ``--slowdown`` times slower (default 8; one ONNX Runtime thread); the
 cloud is a ``splitinfer serve`` process on this machine (one thread, the other
-core). Strategies, each the median of several requests measured end to end:
+core). Strategies, each the median of several requests measured end to end, in rounds
+of one request per strategy:
 
 * edge-only: the whole model on the device (measured at each link, beside the
   others);
@@ -191,12 +192,13 @@ def _point(
     slowdown: float,
     requests: int,
 ) -> dict[str, Any]:
-    """Every strategy on one link. Edge-only is measured here too, after the
-    adaptive runtime, so that each ratio compares runs under the same conditions."""
+    """Every strategy on one link, measured in rounds: each round times one request
+    of every strategy in turn, so that a slow moment of this shared machine weighs
+    on all of them alike; each strategy's figure is its median over the rounds."""
     link = Link(up * 1e6, rtt)
     timeout = max(10.0, 4 * edge_ms / 1000)
 
-    def static(cut: str, codec: str) -> float:
+    def static(cut: str, codec: str) -> Callable[[], Any]:
         split = StaticSplit(
             artifacts,
             client,
@@ -207,7 +209,7 @@ def _point(
         # the device is emulated: dilate its head's compute as edge-only's is
         if split.runner.head is not None:
             split.runner.head = _slowed(split.runner.head, slowdown)
-        return _median_ms(lambda: split.infer(feeds), requests)
+        return lambda: split.infer(feeds)
 
     choice = planner.choose(link, LOSSLESS)
     served = planner_plan_cuts(artifacts)  # the plan's cuts, and cloud for cloud-only
@@ -217,10 +219,10 @@ def _point(
     best_codec = {
         p.cut: p for p in sorted(choice.candidates, key=lambda p: -p.total_ms) if p.cut in served
     }
-    oracle = {}
+    strategies: dict[str, Callable[[], Any]] = {"edge": edge_only}
     for cut in served:
         if cut != "edge":
-            oracle[cut] = static(cut, best_codec[cut].codec if cut in best_codec else "raw")
+            strategies[cut] = static(cut, best_codec[cut].codec if cut in best_codec else "raw")
     planned = min((p for p in choice.candidates if p.cut in plan_cuts), key=lambda p: p.total_ms)
     options = EdgeOptions(deadline_ms=max(1000.0, 4 * edge_ms), slowdown=slowdown)
     with EdgeRuntime(artifacts, SplitClient(target), options) as runtime:
@@ -229,10 +231,12 @@ def _point(
             runtime.infer(feeds)
             if count >= 3 and time.monotonic() > warm_until:
                 break
-        adaptive_ms = _median_ms(lambda: runtime.infer(feeds), requests)
+        strategies["adaptive"] = lambda: runtime.infer(feeds)
+        times = _rounds(strategies, requests)
         cuts: dict[str, int] = runtime.stats()["cuts"]  # type: ignore[assignment]
         adaptive_cut = max(cuts.items(), key=lambda kv: kv[1])[0]
-    oracle["edge"] = _median_ms(edge_only, requests)
+    adaptive_ms = times.pop("adaptive")
+    oracle = times
     cloud_ms, planned_ms = oracle["cloud"], oracle[planned.cut]
     best_cut = min(oracle, key=lambda c: oracle[c] if not math.isnan(oracle[c]) else math.inf)
     return {
@@ -250,6 +254,28 @@ def _point(
         "oracle_cut": best_cut,
         "measured_cuts": oracle,
         "candidates": len(choice.candidates),
+    }
+
+
+def _rounds(strategies: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """The median ms of each strategy over ``rounds`` rounds of one request each; a
+    strategy that failed (a missed deadline) is MISSED and not called again."""
+    times: dict[str, list[float]] = {name: [] for name in strategies}
+    missed: set[str] = set()
+    for _ in range(rounds):
+        for name, call in strategies.items():
+            if name in missed:
+                continue
+            start = time.perf_counter()
+            try:
+                call()
+            except SplitInferError:
+                missed.add(name)
+                continue
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {
+        name: MISSED if name in missed else statistics.median(values)
+        for name, values in times.items()
     }
 
 
