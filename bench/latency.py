@@ -55,7 +55,7 @@ from runtime.adaptive import EdgeOptions, EdgeRuntime
 from runtime.client import SplitClient
 from runtime.codec import CodecSpec
 from runtime.edge import StaticSplit
-from runtime.engine import make_session, run_session
+from runtime.engine import SlowDevice, make_session, run_session
 from runtime.errors import SplitInferError
 
 UPLINKS = (1, 5, 10, 25, 50, 100, 1000)
@@ -125,11 +125,10 @@ def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[s
     uplinks, rtts = (QUICK_UPLINKS, QUICK_RTTS) if quick else (UPLINKS, RTTS)
     requests = 3 if quick else 5
     local = make_session(model)
+    device = SlowDevice(slowdown)  # the emulated device: every strategy computes on it
 
     def edge_only() -> None:
-        start = time.perf_counter()
-        run_session(local, one)
-        time.sleep((time.perf_counter() - start) * (slowdown - 1))
+        device.run("full model", run_session, local, one)
 
     edge_ms = _median_ms(edge_only, requests * 2)
     # The device's profile: this machine's, scaled to the device's measured full-model
@@ -162,7 +161,7 @@ def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[s
                             rtt,
                             edge_only,
                             edge_ms,
-                            slowdown,
+                            device,
                             requests,
                         )
                     )
@@ -189,7 +188,7 @@ def _point(
     rtt: float,
     edge_only: Callable[[], None],
     edge_ms: float,
-    slowdown: float,
+    device: SlowDevice,
     requests: int,
 ) -> dict[str, Any]:
     """Every strategy on one link, measured in rounds: each round times one request
@@ -206,9 +205,9 @@ def _point(
             codec=CodecSpec.parse(codec if codec != "-" else "raw"),
             timeout=timeout,
         )
-        # the device is emulated: dilate its head's compute as edge-only's is
+        # the device is emulated: its head computes there, as edge-only does
         if split.runner.head is not None:
-            split.runner.head = _slowed(split.runner.head, slowdown)
+            split.runner.head = _OnDevice(split.runner.head, device, cut)
         return lambda: split.infer(feeds)
 
     choice = planner.choose(link, LOSSLESS)
@@ -224,7 +223,7 @@ def _point(
         if cut != "edge":
             strategies[cut] = static(cut, best_codec[cut].codec if cut in best_codec else "raw")
     planned = min((p for p in choice.candidates if p.cut in plan_cuts), key=lambda p: p.total_ms)
-    options = EdgeOptions(deadline_ms=max(1000.0, 4 * edge_ms), slowdown=slowdown)
+    options = EdgeOptions(deadline_ms=max(1000.0, 4 * edge_ms), slowdown=device.factor)
     with EdgeRuntime(artifacts, SplitClient(target), options) as runtime:
         warm_until = time.monotonic() + WARM_UP_S
         for count in itertools.count():  # warm up from the default estimates
@@ -285,21 +284,19 @@ def planner_plan_cuts(artifacts: Path) -> list[str]:
     return [c.id for c in load_manifest(artifacts).cuts]
 
 
-class _slowed:
-    """An ONNX Runtime session whose run() takes ``k`` times as long (an emulated device)."""
+class _OnDevice:
+    """An ONNX Runtime session whose run() happens on the emulated device."""
 
-    def __init__(self, session: Any, k: float) -> None:
+    def __init__(self, session: Any, device: SlowDevice, key: str) -> None:
         self.session = session
-        self.k = k
+        self.device = device
+        self.key = key
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.session, name)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        result = self.session.run(*args, **kwargs)
-        time.sleep((time.perf_counter() - start) * (self.k - 1))
-        return result
+        return self.device.run(self.key, lambda: self.session.run(*args, **kwargs))[0]
 
 
 def _row(point: dict[str, Any]) -> str:

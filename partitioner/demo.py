@@ -28,7 +28,7 @@ from partitioner.split import write_artifacts
 from runtime.adaptive import EdgeOptions, EdgeRuntime
 from runtime.client import SplitClient
 from runtime.edge import StaticSplit
-from runtime.engine import make_session, run_session
+from runtime.engine import SlowDevice, make_session, run_session
 from runtime.errors import SplitInferError
 from runtime.server import BackgroundServer
 from runtime.tails import TailHost
@@ -209,12 +209,11 @@ def _label(scores: np.ndarray, names: list[str] | None) -> str:
 
 def _local_ms(reference: Any, feeds: dict[str, np.ndarray], slowdown: float) -> float:
     """Edge-only: the whole model on the emulated device (median of three)."""
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        run_session(reference, feeds)
-        times.append((time.perf_counter() - start) * 1000 * slowdown)
-    return statistics.median(times)
+    device = SlowDevice(slowdown)
+    device.run("model", run_session, reference, feeds)  # warm
+    return statistics.median(
+        device.run("model", run_session, reference, feeds)[1] for _ in range(3)
+    )
 
 
 def _cloud_ms(cloud_only: StaticSplit, feeds: dict[str, np.ndarray]) -> float | None:

@@ -33,13 +33,21 @@ from runtime.artifacts import load_manifest
 from runtime.client import ClientTLS, Reply, SplitClient
 from runtime.codec import CodecSpec, Encoded, encode, encoded_size
 from runtime.edge import Result
-from runtime.engine import CutRunner, SessionOptions, example_feeds, make_session, run_session
+from runtime.engine import (
+    CutRunner,
+    SessionOptions,
+    SlowDevice,
+    example_feeds,
+    make_session,
+    run_session,
+)
 from runtime.errors import DeadlineError, OverloadedError, RemoteError, SplitInferError
 from runtime.link import CircuitBreaker, LinkEstimator
 
 EWMA = 0.3
 PENALTY_FADE_S = 1.0  # a late call's penalty fades by e every second
 IDLE_AFTER_S = 5.0  # no throughput probes on a link the device has not used for this long
+LOCAL = "\0local"  # the local run's key among the cuts' ids
 T = TypeVar("T")
 
 
@@ -48,8 +56,9 @@ class EdgeOptions:
     """How the runtime behaves. ``codec`` is one codec for every split, or "auto": for
     each cut, the codecs the plan chose for it (raw without a plan), and per request
     the one predicted fastest. ``slowdown`` emulates a device that many times slower
-    (local compute is dilated by sleeping); ``exact`` turns ONNX Runtime's graph
-    optimizations off, so that every path gives bit-identical outputs."""
+    (local compute is dilated by sleeping: runtime.engine.SlowDevice); ``exact`` turns
+    ONNX Runtime's graph optimizations off, so that every path gives bit-identical
+    outputs."""
 
     deadline_ms: float = 200.0
     codec: str = "auto"
@@ -104,6 +113,7 @@ class EdgeRuntime:
         self.directory = Path(directory)
         self.client = client
         self.options = options
+        self.device = SlowDevice(options.slowdown)  # this machine, or a slower one emulated
         self.manifest = load_manifest(directory)
         sessions = SessionOptions(optimize=not options.exact)
         self.local = make_session(self.directory / self.manifest.full, sessions)
@@ -177,24 +187,19 @@ class EdgeRuntime:
 
     # ---- measuring
 
-    def _compute(self, run: Callable[..., T], *args: Any) -> tuple[T, float]:
-        """Run, and dilate the time it took by the slowdown factor (sleeping)."""
-        start = time.perf_counter()
-        result = run(*args)
-        elapsed = time.perf_counter() - start
-        if self.options.slowdown > 1:
-            time.sleep(elapsed * (self.options.slowdown - 1))
-        return result, elapsed * self.options.slowdown * 1000
+    def _compute(self, key: str, run: Callable[..., T], *args: Any) -> tuple[T, float]:
+        """Run on the (emulated) device: the result and the device's time in ms."""
+        return self.device.run(key, run, *args)
 
     def _warm_up(self) -> tuple[float, dict[tuple[str, str], _CutCosts]]:
         """Measure the local model and every head on example inputs: the median of
         three runs after one that warms ONNX Runtime up."""
         feeds = example_feeds(self.manifest.inputs, batch=1)
-        local_ms = self._median_ms(run_session, self.local, feeds)
+        local_ms = self._median_ms(LOCAL, run_session, self.local, feeds)
         planned = {c["id"]: c for c in (self.manifest.plan or {}).get("cuts", [])}
         costs = {}
         for cut_id, runner in self.cuts.items():
-            head_ms = self._median_ms(runner.run_head, feeds)
+            head_ms = self._median_ms(cut_id, runner.run_head, feeds)
             sent, _ = runner.run_head(feeds)
             server_ms = planned.get(cut_id, {}).get("cloud_ms", 0.0)  # the plan's estimate
             for spec in self.codecs[cut_id]:
@@ -204,9 +209,9 @@ class EdgeRuntime:
                 costs[(cut_id, spec.label)] = _CutCosts(head_ms, encode_ms, server_ms, up_bytes=up)
         return local_ms, costs
 
-    def _median_ms(self, run: Callable[..., Any], *args: Any) -> float:
+    def _median_ms(self, key: str, run: Callable[..., Any], *args: Any) -> float:
         run(*args)
-        return statistics.median(self._compute(run, *args)[1] for _ in range(3))
+        return statistics.median(self._compute(key, run, *args)[1] for _ in range(3))
 
     # ---- choosing
 
@@ -251,7 +256,7 @@ class EdgeRuntime:
     ) -> Result:
         runner = self.cuts[cut_id]
         spec = next(s for s in self.codecs[cut_id] if s.label == codec)
-        (sent, kept), head_ms = self._compute(runner.run_head, feeds)
+        (sent, kept), head_ms = self._compute(cut_id, runner.run_head, feeds)
         begin = time.perf_counter()
         tensors = [encode(value, spec, name=name) for name, value in sent.items()]
         encode_ms = (time.perf_counter() - begin) * 1000
@@ -348,7 +353,7 @@ class EdgeRuntime:
     def _run_local(
         self, feeds: Mapping[str, np.ndarray], start: float, path: str, cut: str
     ) -> Result:
-        values, local_ms = self._compute(run_session, self.local, feeds)
+        values, local_ms = self._compute(LOCAL, run_session, self.local, feeds)
         with self._lock:
             self.local_ms = _blend(self.local_ms, local_ms)
             self._count(path, cut if path == "fallback" else "edge")

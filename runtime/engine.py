@@ -7,15 +7,21 @@ from. Nothing here touches a socket.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
 from runtime.artifacts import CutArtifact, Manifest, TensorSpec
 from runtime.errors import ArtifactError, ModelError
+
+T = TypeVar("T")
 
 Feeds = Mapping[str, np.ndarray]
 
@@ -58,6 +64,33 @@ def run_session(session: ort.InferenceSession, feeds: Feeds) -> dict[str, np.nda
     names = [o.name for o in session.get_outputs()]
     wanted = {i.name: feeds[i.name] for i in session.get_inputs()}
     return dict(zip(names, session.run(names, wanted), strict=True))
+
+
+class SlowDevice:
+    """Emulates a device ``factor`` times slower than this machine. After a run that
+    took ``elapsed``, it sleeps ``factor - 1`` times the fastest run of the same work
+    (``key``) seen so far: the device's compute is ``factor`` times this machine's,
+    and a momentary delay of this shared machine is added once, not ``factor`` times.
+    Thread-safe."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+        self._fastest: dict[object, float] = {}
+        self._lock = threading.Lock()
+
+    def run(self, key: object, call: Callable[..., T], *args: Any) -> tuple[T, float]:
+        """``call(*args)`` on the device: its result and the device's time in ms."""
+        start = time.perf_counter()
+        result = call(*args)
+        elapsed = time.perf_counter() - start
+        if self.factor <= 1:
+            return result, elapsed * 1000
+        with self._lock:
+            fastest = min(self._fastest.get(key, math.inf), elapsed)
+            self._fastest[key] = fastest
+        extra = fastest * (self.factor - 1)
+        time.sleep(extra)
+        return result, (elapsed + extra) * 1000
 
 
 class CutRunner:
