@@ -204,10 +204,8 @@ def _point(
             cut=cut,
             codec=CodecSpec.parse(codec if codec != "-" else "raw"),
             timeout=timeout,
+            device=device,  # the head and the encoding run on the emulated device
         )
-        # the device is emulated: its head computes there, as edge-only does
-        if split.runner.head is not None:
-            split.runner.head = _OnDevice(split.runner.head, device, cut)
         return lambda: split.infer(feeds)
 
     choice = planner.choose(link, LOSSLESS)
@@ -282,21 +280,6 @@ def planner_plan_cuts(artifacts: Path) -> list[str]:
     from runtime.artifacts import load_manifest
 
     return [c.id for c in load_manifest(artifacts).cuts]
-
-
-class _OnDevice:
-    """An ONNX Runtime session whose run() happens on the emulated device."""
-
-    def __init__(self, session: Any, device: SlowDevice, key: str) -> None:
-        self.session = session
-        self.device = device
-        self.key = key
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.session, name)
-
-    def run(self, *args: Any, **kwargs: Any) -> Any:
-        return self.device.run(self.key, lambda: self.session.run(*args, **kwargs))[0]
 
 
 def _row(point: dict[str, Any]) -> str:

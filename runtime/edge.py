@@ -16,8 +16,8 @@ import numpy as np
 
 from runtime.artifacts import CutArtifact, Manifest, load_manifest
 from runtime.client import SplitClient
-from runtime.codec import CodecSpec, encode
-from runtime.engine import CutRunner, SessionOptions
+from runtime.codec import CodecSpec, Encoded, encode
+from runtime.engine import CutRunner, SessionOptions, SlowDevice
 from runtime.errors import ArtifactError
 
 
@@ -30,6 +30,11 @@ class Result:
     cut: str
     timing: dict[str, float] = field(default_factory=dict)
     codec: str = "-"  # what the cut's tensors were sent with ("-": not sent)
+
+
+def encode_all(tensors: Mapping[str, np.ndarray], codec: CodecSpec) -> list[Encoded]:
+    """Every tensor of ``tensors``, named, encoded with ``codec``."""
+    return [encode(value, codec, name=name) for name, value in tensors.items()]
 
 
 def default_cut(manifest: Manifest) -> CutArtifact:
@@ -48,7 +53,8 @@ def default_cut(manifest: Manifest) -> CutArtifact:
 
 
 class StaticSplit:
-    """Head on the device, tail on ``client``'s server, for one cut and codec."""
+    """Head on the device, tail on ``client``'s server, for one cut and codec.
+    ``device``: compute the head and encode on an emulated slower device."""
 
     def __init__(
         self,
@@ -59,6 +65,7 @@ class StaticSplit:
         codec: CodecSpec | None = None,
         options: SessionOptions | None = None,
         timeout: float | None = None,
+        device: SlowDevice | None = None,
     ) -> None:
         self.manifest = load_manifest(directory)
         self.cut = self.manifest.cut(cut) if cut else default_cut(self.manifest)
@@ -66,13 +73,15 @@ class StaticSplit:
         self.client = client
         self.codec = codec or CodecSpec()
         self.timeout = timeout
+        self.device = device or SlowDevice(1.0)
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> Result:
         """Run the head, send, and return every model output with the time each step took."""
         start = time.perf_counter()
-        sent, kept = self.runner.run_head(feeds)
+        key = f"{self.cut.id}/{self.codec.label}"
+        (sent, kept), _ = self.device.run(f"{key}/head", self.runner.run_head, feeds)
         headed = time.perf_counter()
-        tensors = [encode(value, self.codec, name=name) for name, value in sent.items()]
+        tensors, _ = self.device.run(f"{key}/encode", encode_all, sent, self.codec)
         encoded = time.perf_counter()
         reply = self.client.infer(self.manifest.model, self.cut.id, tensors, timeout=self.timeout)
         server = reply.server
