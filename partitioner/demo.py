@@ -130,6 +130,8 @@ def _demo(out: Path, model: Path | None, requests: int, slowdown: float, deadlin
     lost = 0
     try:
         with LinkEmulator("127.0.0.1", server.port) as link:
+            first = PHASES[0]  # the device starts on the first phase's link, and measures it
+            link.set(up_bps=first.up_bps, down_bps=first.up_bps, delay_ms=first.delay_ms)
             edge_options = EdgeOptions(
                 deadline_ms=deadline_ms, slowdown=slowdown, rtt_ms=5.0, uplink_bps=100e6
             )
