@@ -1,5 +1,6 @@
-"""splitinfer's device and cloud runtime: needs numpy, onnxruntime, grpcio, protobuf
-and zstandard, never torch or the partitioner."""
+"""splitinfer's device and cloud runtime: needs numpy, onnx, onnxruntime, grpcio,
+protobuf, zstandard, prometheus-client and tritonclient's KServe v2 protocol
+modules, never torch or the partitioner."""
 
 from runtime.adaptive import EdgeOptions, EdgeRuntime
 from runtime.artifacts import CutArtifact, Manifest, TensorSpec, load_manifest
