@@ -31,7 +31,7 @@ import numpy as np
 
 from runtime.artifacts import load_manifest
 from runtime.client import ClientTLS, Reply, SplitClient
-from runtime.codec import CodecSpec, Encoded, encode, encoded_size
+from runtime.codec import CodecSpec, Encoded, encoded_size
 from runtime.edge import Result, encode_all
 from runtime.engine import (
     CutRunner,
@@ -205,9 +205,10 @@ class EdgeRuntime:
             sent, _ = runner.run_head(feeds)
             server_ms = planned.get(cut_id, {}).get("cloud_ms", 0.0)  # the plan's estimate
             for spec in self.codecs[cut_id]:
-                begin = time.perf_counter()
-                up = sum(encoded_size(encode(v, spec)) for v in sent.values())
-                encode_ms = (time.perf_counter() - begin) * 1000
+                # encoding runs on the device too, under the key _split uses
+                key = f"{cut_id}/{spec.label}"
+                encode_ms = self._median_ms(key, encode_all, sent, spec)
+                up = sum(encoded_size(t) for t in encode_all(sent, spec))
                 costs[(cut_id, spec.label)] = _CutCosts(head_ms, encode_ms, server_ms, up_bytes=up)
         return local_ms, costs
 

@@ -10,6 +10,7 @@ tensors, sizes within the limits. Decoding then checks the payload itself
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -21,10 +22,11 @@ import onnxruntime as ort
 
 from runtime.artifacts import CutArtifact, Manifest, TensorSpec, load_manifest
 from runtime.codec import Codec, CodecSpec, Encoded, decode, encode
-from runtime.engine import SessionOptions, inside, make_session, run_session
+from runtime.engine import SessionOptions, example_feeds, inside, make_session, run_session
 from runtime.errors import ArtifactError, CodecError, InvalidInputError, NotFoundError
 
 MiB = 1 << 20
+log = logging.getLogger("splitinfer.server")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,9 +83,11 @@ class TailHost:
                 )
             for cut in served.manifest.cuts:
                 if cut.tail is not None:
-                    served.sessions[cut.id] = make_session(
+                    session = make_session(
                         inside(served.directory, cut.tail), session_options or SessionOptions()
                     )
+                    _warm(session, cut)
+                    served.sessions[cut.id] = session
             self.models[served.name] = served
 
     def model(self, name: str) -> ServedModel:
@@ -225,6 +229,16 @@ class TailHost:
         if not firsts or not isinstance(firsts[0], str) or len(set(firsts)) != 1:
             return None
         return firsts[0]
+
+
+def _warm(session: ort.InferenceSession, cut: CutArtifact) -> None:
+    """One run on example inputs before serving: ONNX Runtime's first run of a session
+    costs several times the next ones, and a client timing its first call would take
+    that for the tail's cost. A tail that fails on made-up inputs is served all the same."""
+    try:
+        run_session(session, example_feeds(cut.tensors, batch=1))
+    except Exception as exc:  # made-up values may break data-dependent ops
+        log.info("warming cut %s failed on example inputs: %s", cut.id, exc)
 
 
 def check_response_codec(spec: CodecSpec | None) -> CodecSpec:
