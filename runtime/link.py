@@ -121,7 +121,7 @@ class CircuitBreaker:
         *,
         threshold: int = 1,
         backoff_s: float = 0.25,
-        max_backoff_s: float = 1.0,
+        max_backoff_s: float = 0.5,
         clock: Clock = time.monotonic,
     ) -> None:
         self.threshold = threshold
