@@ -135,8 +135,12 @@ class EdgeRuntime:
         self._last_request = time.monotonic()
         self._inflight = 0  # splits waiting for the server: probes then measure a busy link
         self.local_ms, self.costs = self._warm_up()
-        # learn the link before the first request: the first payload only sizes the
-        # next two, whose samples then outvote it in the estimator's median of three
+        # learn the link before the first request: a first call opens the connection
+        # (its time is not the round trip's); the first payload only sizes the next two,
+        # whose samples then outvote it in the estimator's median of three
+        if self.cuts:
+            with contextlib.suppress(SplitInferError):
+                self.client.probe(0, 0, timeout=1.0)
         for _ in range(3 if self.cuts else 0):
             self._probe(rtt=True, rate=True)
         self._closing = threading.Event()

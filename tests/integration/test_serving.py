@@ -185,7 +185,8 @@ def test_the_edge_runtime_splits_against_a_server_speaking_only_kserve(artifacts
     with SplitClient(server.target) as native, pytest.raises(Exception, match="UNIMPLEMENTED"):
         native.infer("adaptive", "cloud", [encode(_x(1), name="x")], timeout=10)
     reference = make_session(directory / "model.onnx", EXACT)
-    options = EdgeOptions(deadline_ms=2000, slowdown=50.0, exact=True, codec="auto")
+    # a device slow enough that splitting clearly pays: the test is about the protocol
+    options = EdgeOptions(deadline_ms=2000, slowdown=200.0, exact=True, codec="auto")
     with EdgeRuntime(directory, KServeClient(server.target), options) as runtime:
         results = [runtime.infer({"x": _x(1, seed)}) for seed in range(8)]
         breaker = runtime.breaker.snapshot()
