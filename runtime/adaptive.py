@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +48,6 @@ EWMA = 0.3
 PENALTY_FADE_S = 1.0  # a late call's penalty fades by e every second
 IDLE_AFTER_S = 5.0  # no throughput probes on a link the device has not used for this long
 LOCAL = "\0local"  # the local run's key among the cuts' ids
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,11 +116,12 @@ class EdgeRuntime:
         self.manifest = load_manifest(directory)
         sessions = SessionOptions(optimize=not options.exact)
         self.local = make_session(self.directory / self.manifest.full, sessions)
-        planned = {c["id"] for c in (self.manifest.plan or {}).get("cuts", [])}
+        # the plan's cuts by id: what it chose to serve, with their codecs and server time
+        self.planned = {c["id"]: c for c in (self.manifest.plan or {}).get("cuts", [])}
         self.cuts: dict[str, CutRunner] = {
             cut.id: CutRunner(self.directory, self.manifest, cut, sessions, load_tail=False)
             for cut in self.manifest.cuts
-            if cut.tail is not None and (not planned or cut.id in planned)
+            if cut.tail is not None and (not self.planned or cut.id in self.planned)
         }
         self.codecs = self._codecs(options.codec)
         seed = (self.manifest.plan or {}).get("default", {}).get("link", {})
@@ -142,7 +142,7 @@ class EdgeRuntime:
             with contextlib.suppress(SplitInferError):
                 self.client.probe(0, 0, timeout=1.0)
         for _ in range(3 if self.cuts else 0):
-            self._probe(rtt=True, rate=True)
+            self._probe(rate=True)
         self._closing = threading.Event()
         self._prober = threading.Thread(target=self._probe_loop, daemon=True)
         self._prober.start()
@@ -180,12 +180,12 @@ class EdgeRuntime:
                 raise ValueError(f"codec {choice!r} cannot travel to this server ({allowed})")
             return {cut_id: (spec,) for cut_id in self.cuts}
         planned = {
-            c["id"]: [
+            cut_id: [
                 CodecSpec.parse(name)
                 for name in c.get("codecs", [])
                 if name != "-" and (allowed is None or name in allowed)
             ]
-            for c in (self.manifest.plan or {}).get("cuts", [])
+            for cut_id, c in self.planned.items()
         }
         return {
             cut_id: tuple(planned.get(cut_id) or [CodecSpec.parse("raw")]) for cut_id in self.cuts
@@ -193,21 +193,16 @@ class EdgeRuntime:
 
     # ---- measuring
 
-    def _compute(self, key: str, run: Callable[..., T], *args: Any) -> tuple[T, float]:
-        """Run on the (emulated) device: the result and the device's time in ms."""
-        return self.device.run(key, run, *args)
-
     def _warm_up(self) -> tuple[float, dict[tuple[str, str], _CutCosts]]:
         """Measure the local model and every head on example inputs: the median of
         three runs after one that warms ONNX Runtime up."""
         feeds = example_feeds(self.manifest.inputs, batch=1)
         local_ms = self._median_ms(LOCAL, run_session, self.local, feeds)
-        planned = {c["id"]: c for c in (self.manifest.plan or {}).get("cuts", [])}
         costs = {}
         for cut_id, runner in self.cuts.items():
             head_ms = self._median_ms(cut_id, runner.run_head, feeds)
             sent, _ = runner.run_head(feeds)
-            server_ms = planned.get(cut_id, {}).get("cloud_ms", 0.0)  # the plan's estimate
+            server_ms = self.planned.get(cut_id, {}).get("cloud_ms", 0.0)  # the plan's estimate
             for spec in self.codecs[cut_id]:
                 # encoding runs on the device too, under the key _split uses
                 key = f"{cut_id}/{spec.label}"
@@ -218,7 +213,7 @@ class EdgeRuntime:
 
     def _median_ms(self, key: str, run: Callable[..., Any], *args: Any) -> float:
         run(*args)
-        return statistics.median(self._compute(key, run, *args)[1] for _ in range(3))
+        return statistics.median(self.device.run(key, run, *args)[1] for _ in range(3))
 
     # ---- choosing
 
@@ -263,8 +258,8 @@ class EdgeRuntime:
     ) -> Result:
         runner = self.cuts[cut_id]
         spec = next(s for s in self.codecs[cut_id] if s.label == codec)
-        (sent, kept), head_ms = self._compute(cut_id, runner.run_head, feeds)
-        tensors, encode_ms = self._compute(f"{cut_id}/{codec}", encode_all, sent, spec)
+        (sent, kept), head_ms = self.device.run(cut_id, runner.run_head, feeds)
+        tensors, encode_ms = self.device.run(f"{cut_id}/{codec}", encode_all, sent, spec)
         remaining = self.options.deadline_ms - (time.perf_counter() - start) * 1000
         with self._lock:
             self._stats.calls += 1
@@ -358,13 +353,12 @@ class EdgeRuntime:
     def _run_local(
         self, feeds: Mapping[str, np.ndarray], start: float, path: str, cut: str
     ) -> Result:
-        values, local_ms = self._compute(LOCAL, run_session, self.local, feeds)
+        values, local_ms = self.device.run(LOCAL, run_session, self.local, feeds)
         with self._lock:
             self.local_ms = _blend(self.local_ms, local_ms)
             self._count(path, cut if path == "fallback" else "edge")
-        outputs = values
         return Result(
-            {o.name: outputs[o.name] for o in self.manifest.outputs},
+            {o.name: values[o.name] for o in self.manifest.outputs},
             path,
             "edge" if path == "local" else cut,
             {"local_ms": local_ms, "total_ms": (time.perf_counter() - start) * 1000},
@@ -392,9 +386,9 @@ class EdgeRuntime:
             rate = open_ or (busy and link.rate_age_s > self.options.stale_s)
             rtt = open_ or (busy and link.rtt_age_s > self.options.stale_s)
             if rate or rtt:
-                self._probe(rtt=rtt, rate=rate)
+                self._probe(rate=rate)  # an empty call always: the round trip
 
-    def _probe(self, *, rtt: bool, rate: bool) -> None:
+    def _probe(self, *, rate: bool) -> None:
         """An empty call (is the server there, and the round trip), then for ``rate`` one
         with a payload and another empty one: what the payload adds to the faster empty
         call (the first may have opened the connection) is the throughput's. A sample

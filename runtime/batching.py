@@ -40,11 +40,10 @@ class BatchOptions:
 
 @dataclass(frozen=True)
 class Batched:
-    """One request's share of a batch: its outputs, the batch's size in samples, and
-    the time (ms) it waited and the batch computed."""
+    """One request's share of a batch: its outputs, and the time (ms) it waited and
+    the batch computed."""
 
     outputs: Feeds
-    batch_size: int
     queue_ms: float
     compute_ms: float
 
@@ -187,9 +186,7 @@ class Batcher:
         for waiting, part in zip(batch, results, strict=True):
             if not waiting.future.done():
                 queue_ms = (started - waiting.enqueued) * 1000
-                waiting.future.set_result(
-                    Batched(part, max(sizes, default=0), queue_ms, compute_ms)
-                )
+                waiting.future.set_result(Batched(part, queue_ms, compute_ms))
 
 
 def _unstack(results: Feeds, samples: list[int]) -> list[Feeds]:

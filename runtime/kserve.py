@@ -33,13 +33,19 @@ from runtime.codec import Codec, Encoded
 from runtime.errors import (
     InvalidInputError,
     NotFoundError,
-    SplitInferError,
     UnsupportedModelError,
 )
 from runtime.kserve_client import DATATYPES, DTYPES, model_name
 from runtime.metrics import Call
-from runtime.service import Malformed, TailService, lenient, respond, stream_answers
-from runtime.status import status_of
+from runtime.service import (
+    Malformed,
+    TailService,
+    checked,
+    lenient,
+    respond,
+    status_and_message,
+    stream_answers,
+)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 PROTOCOL = "kserve"  # the metrics' protocol label
@@ -323,7 +329,7 @@ class KServeServicer:
     ) -> AsyncIterator[kpb.ModelStreamInferResponse]:
         """Answers in the order they finish, each with its request's id; an error answers
         one request (``error_message``) and the stream goes on."""
-        await respond(context, _checked(self.service.authorize, context))
+        await respond(context, checked(self.service.authorize, context))
         answers: asyncio.Queue[kpb.ModelStreamInferResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
 
@@ -337,7 +343,7 @@ class KServeServicer:
                 call.done(grpc.StatusCode.CANCELLED.name)
                 raise
             except Exception as exc:
-                code, message = _status(exc)
+                code, message = status_and_message(exc)
                 call.done(code.name)
                 text = f"{code.name}: {message}"
                 which = kpb.ModelInferResponse()  # which request failed, when it parsed
@@ -374,19 +380,6 @@ def _version() -> str:
 
 def _datatype(port: Port) -> str:
     return DTYPES.get(port.dtype, "BYTES")
-
-
-def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, SplitInferError):
-        return status_of(exc), exc.message
-    from runtime.service import log
-
-    log.exception("internal error", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error (logged on the server)"
-
-
-async def _checked(check: Callable[..., None], *args: Any) -> None:
-    check(*args)
 
 
 def _tensors(request: Any) -> list[Encoded]:

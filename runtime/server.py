@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,16 @@ from runtime.errors import (
 )
 from runtime.metrics import Call, Metrics
 from runtime.protocol import model_info, tensor_from_proto, tensor_to_proto
-from runtime.service import Malformed, TailService, lenient, respond, same, stream_answers
-from runtime.status import status_of
+from runtime.service import (
+    Malformed,
+    TailService,
+    checked,
+    lenient,
+    respond,
+    same,
+    status_and_message,
+    stream_answers,
+)
 from runtime.tails import HostLimits, TailHost
 from runtime.wire import splitinfer_pb2 as pb
 from runtime.wire import splitinfer_pb2_grpc as pb_grpc
@@ -118,7 +126,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
     async def InferStream(
         self, requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamResponse]:
-        await respond(context, _async(self._admit, None, context))
+        await respond(context, checked(self._admit, None, context))
         answers: asyncio.Queue[pb.StreamResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         pending: dict[str, _Assembly] = {}
@@ -219,16 +227,8 @@ def _chunked(response: pb.InferResponse, chunk_bytes: int) -> list[pb.StreamResp
     return messages
 
 
-async def _async(call: Callable[..., None], *args: Any) -> None:
-    call(*args)
-
-
 def _stream_error(request_id: str, exc: BaseException) -> pb.StreamResponse:
-    if isinstance(exc, SplitInferError):
-        code, message = status_of(exc), exc.message
-    else:
-        log.exception("internal error", exc_info=exc)
-        code, message = grpc.StatusCode.INTERNAL, "internal error (logged on the server)"
+    code, message = status_and_message(exc)
     return pb.StreamResponse(
         error=pb.StreamError(request_id=request_id, code=code.value[0], message=message)
     )

@@ -86,7 +86,6 @@ class Answer:
     decode_ms: float
     compute_ms: float
     encode_ms: float
-    batch_size: int
 
 
 class TailService:
@@ -170,9 +169,7 @@ class TailService:
             start = time.perf_counter()
             outputs = self.host.encode(model, cut, batched.outputs, response_codec)
             encode_ms = (time.perf_counter() - start) * 1000
-        return Answer(
-            outputs, batched.queue_ms, decode_ms, batched.compute_ms, encode_ms, batched.batch_size
-        )
+        return Answer(outputs, batched.queue_ms, decode_ms, batched.compute_ms, encode_ms)
 
     async def _alone(
         self,
@@ -188,7 +185,7 @@ class TailService:
         # a run of a tail without a batch dimension is one run of one request
         stacks = self.host.batch_axis_symbol(model, cut) is not None
         self.metrics.batch(model, cut, _samples(tensors) if stacks else 1)
-        return Answer(outputs, queued_ms, timing.decode_ms, timing.compute_ms, timing.encode_ms, 1)
+        return Answer(outputs, queued_ms, timing.decode_ms, timing.compute_ms, timing.encode_ms)
 
     async def _compute(
         self, model: str, cut: str, feeds: dict[str, np.ndarray]
@@ -219,6 +216,21 @@ def _samples(tensors: Sequence[Encoded]) -> int:
     return int(shape[0]) if shape else 1
 
 
+def status_and_message(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """What a client is told of ``exc``: a splitinfer error's own status and message;
+    for anything else INTERNAL, with the traceback in the server's log only."""
+    if isinstance(exc, SplitInferError):
+        return status_of(exc), exc.message
+    log.exception("internal error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error (logged on the server)"
+
+
+async def checked(check: Callable[..., None], *args: Any) -> None:
+    """``check(*args)`` as an awaitable, for ``respond``: a stream's checks before it
+    starts answer with their status like a unary call's."""
+    check(*args)
+
+
 async def respond(
     context: grpc.aio.ServicerContext, work: Awaitable[Any], call: Call | None = None
 ) -> Any:
@@ -226,15 +238,12 @@ async def respond(
     ``call``, when given, records the request's outcome in the metrics."""
     try:
         result = await work
-    except SplitInferError as exc:
-        code, message = status_of(exc), exc.message
     except asyncio.CancelledError:
         if call is not None:
             call.done(grpc.StatusCode.CANCELLED.name)
         raise
-    except Exception:
-        log.exception("internal error")  # the traceback stays in the log
-        code, message = grpc.StatusCode.INTERNAL, "internal error (logged on the server)"
+    except Exception as exc:
+        code, message = status_and_message(exc)
     else:
         if call is not None:
             call.done(grpc.StatusCode.OK.name)
