@@ -7,19 +7,23 @@ For each request the runtime predicts the latency of every served cut,
 
 and of running the whole model here, from its own recent measurements and the
 link estimator (runtime.link), and takes the least. It runs locally when that
-is predicted faster, when no cut fits the deadline, or when the circuit
-breaker is open. A split that fails (unreachable, reset, refused) or whose
-answer is late (three times its prediction, or later than the deadline allows
-for a local run) completes locally: path ``"fallback"``, counted, never an
-exception to the caller. A background prober refreshes stale estimates and
-closes the breaker as soon as the server answers again.
+is predicted faster, when no cut fits the deadline (unless a local run cannot
+meet it either), or when the circuit breaker is open. A split that fails
+(unreachable, reset, refused) or whose answer is late (three times its
+prediction, or later than the deadline allows for a local run) completes
+locally: path ``"fallback"``, counted, never an exception to the caller. A
+background prober refreshes the link's estimates and closes the breaker as soon
+as the server answers again. What a cut costs is learned only from requests
+sent through it, so a cut not measured for ``explore_s`` is tried again with one
+request (at most one in ten), waiting for its answer only so long that the
+request costs at most twice the path it replaces: a server that was busy, or a
+noisy first measurement, does not keep a cut out for good.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -46,6 +50,8 @@ from runtime.link import CircuitBreaker, LinkEstimator
 
 EWMA = 0.3
 PENALTY_FADE_S = 1.0  # a late call's penalty fades by e every second
+EXPLORE_RATIO = 2.0  # a trial of a stale cut costs at most this many times the path taken
+EXPLORE_EVERY = 10  # requests at least between two trials of a stale cut
 IDLE_AFTER_S = 5.0  # no throughput probes on a link the device has not used for this long
 LOCAL = "\0local"  # the local run's key among the cuts' ids
 
@@ -69,6 +75,7 @@ class EdgeOptions:
     probe_interval_s: float = 0.2
     stale_s: float = 0.5
     local_margin: float = 1.0  # a split must be predicted this many times faster
+    explore_s: float = 2.0  # a cut's costs older than this are stale: try it again
 
 
 @dataclass
@@ -83,6 +90,7 @@ class _CutCosts:
     down_bytes: float = 0.0
     penalty_ms: float = 0.0  # after calls that were late: what they cost at least, fading
     penalty_at: float = 0.0
+    measured_at: float = field(default_factory=time.monotonic)  # by the last answer
 
     def penalty(self) -> float:
         return self.penalty_ms * math.exp(-(time.monotonic() - self.penalty_at) / PENALTY_FADE_S)
@@ -93,11 +101,12 @@ class _Stats:
     paths: dict[str, int] = field(default_factory=lambda: {"local": 0, "split": 0, "fallback": 0})
     failures: dict[str, int] = field(default_factory=dict)
     calls: int = 0
+    explored: int = 0
     by_cut: dict[str, int] = field(default_factory=dict)
 
 
-def _blend(old: float, new: float) -> float:
-    return (1 - EWMA) * old + EWMA * new
+def _blend(old: float, new: float, weight: float = EWMA) -> float:
+    return (1 - weight) * old + weight * new
 
 
 class EdgeRuntime:
@@ -134,6 +143,8 @@ class EdgeRuntime:
         self._stats = _Stats()
         self._last_request = time.monotonic()
         self._inflight = 0  # splits waiting for the server: probes then measure a busy link
+        self._explored_at = time.monotonic()
+        self._requests = self._explored_after = 0  # requests answered; at the last trial
         self.local_ms, self.costs = self._warm_up()
         # learn the link before the first request: a first call opens the connection
         # (its time is not the round trip's); the first payload only sizes the next two,
@@ -194,26 +205,27 @@ class EdgeRuntime:
     # ---- measuring
 
     def _warm_up(self) -> tuple[float, dict[tuple[str, str], _CutCosts]]:
-        """Measure the local model and every head on example inputs: the median of
-        three runs after one that warms ONNX Runtime up."""
+        """Measure the local model and every head on example inputs: the fastest of
+        three runs after one that warms ONNX Runtime up (a shared machine's noise only
+        adds; the requests' own times follow)."""
         feeds = example_feeds(self.manifest.inputs, batch=1)
-        local_ms = self._median_ms(LOCAL, run_session, self.local, feeds)
+        local_ms = self._fastest_ms(LOCAL, run_session, self.local, feeds)
         costs = {}
         for cut_id, runner in self.cuts.items():
-            head_ms = self._median_ms(cut_id, runner.run_head, feeds)
+            head_ms = self._fastest_ms(cut_id, runner.run_head, feeds)
             sent, _ = runner.run_head(feeds)
             server_ms = self.planned.get(cut_id, {}).get("cloud_ms", 0.0)  # the plan's estimate
             for spec in self.codecs[cut_id]:
                 # encoding runs on the device too, under the key _split uses
                 key = f"{cut_id}/{spec.label}"
-                encode_ms = self._median_ms(key, encode_all, sent, spec)
+                encode_ms = self._fastest_ms(key, encode_all, sent, spec)
                 up = sum(encoded_size(t) for t in encode_all(sent, spec))
                 costs[(cut_id, spec.label)] = _CutCosts(head_ms, encode_ms, server_ms, up_bytes=up)
         return local_ms, costs
 
-    def _median_ms(self, key: str, run: Callable[..., Any], *args: Any) -> float:
+    def _fastest_ms(self, key: str, run: Callable[..., Any], *args: Any) -> float:
         run(*args)
-        return statistics.median(self.device.run(key, run, *args)[1] for _ in range(3))
+        return min(self.device.run(key, run, *args)[1] for _ in range(3))
 
     # ---- choosing
 
@@ -227,16 +239,51 @@ class EdgeRuntime:
         return c.head_ms + c.encode_ms + remote
 
     def _choose(self) -> tuple[tuple[str, str] | None, float]:
+        """The (cut, codec) to split at for this request, or None to run locally; and
+        the longest wait for the server's answer (inf: as the hedge decides)."""
+        now = time.monotonic()
         with self._lock:
             options = {key: self.predict(*key) for key in self.costs}
             local = self.local_ms
+            explore = (
+                now - self._explored_at > self.options.explore_s
+                and self._requests - self._explored_after >= EXPLORE_EVERY
+            )
         if not options:
-            return None, local
+            return None, math.inf
+        deadline = self.options.deadline_ms
         best = min(options, key=options.__getitem__)
-        fits = options[best] <= self.options.deadline_ms
-        if fits and options[best] * self.options.local_margin < local:
-            return best, options[best]
-        return None, local
+        faster = options[best] * self.options.local_margin < local
+        # past the deadline the cloud is given up: a split predicted to miss it ends up
+        # local anyway, unless the local run cannot meet the deadline either
+        choice = best if faster and (options[best] <= deadline or local > deadline) else None
+        trial = self._trial(choice, options[choice] if choice else local, now) if explore else None
+        return trial or (choice, math.inf)
+
+    def _trial(
+        self, choice: tuple[str, str] | None, taken_ms: float, now: float
+    ) -> tuple[tuple[str, str], float] | None:
+        """A cut whose costs are older than explore_s, to try with this request, and how
+        long to wait for it: at most what keeps the request within EXPLORE_RATIO times
+        the path taken (its head, its wait, then a local run). Its server may have been
+        busy and be idle now, or its first measurement noisy: what it costs is learned
+        only by sending through it."""
+        link = self.link.estimate()
+        candidates = {}
+        with self._lock:
+            for key, c in self.costs.items():
+                if key == choice or now - c.measured_at <= self.options.explore_s:
+                    continue
+                wait_ms = EXPLORE_RATIO * taken_ms - self.local_ms - c.head_ms - c.encode_ms
+                transfer_ms = c.up_bytes * 8 / link.uplink_bps * 1000
+                if wait_ms > transfer_ms + link.rtt_ms:  # it could answer in time
+                    candidates[key] = wait_ms
+            if not candidates:
+                return None
+            self._explored_at, self._explored_after = now, self._requests
+            self._stats.explored += 1
+        key = min(candidates, key=lambda k: self.predict(*k))
+        return key, candidates[key]
 
     # ---- serving
 
@@ -244,17 +291,24 @@ class EdgeRuntime:
         """Every model output for ``feeds``; path "local", "split" or "fallback"."""
         start = time.perf_counter()
         self._last_request = time.monotonic()
-        choice, _ = self._choose()
+        choice, wait_ms = self._choose()
+        with self._lock:
+            self._requests += 1
         if choice is not None and self.breaker.allow():
             try:
-                return self._split(*choice, feeds, start)
+                return self._split(*choice, feeds, start, wait_ms)
             except SplitInferError as exc:
                 self._failed(exc)
                 return self._run_local(feeds, start, "fallback", choice[0])
         return self._run_local(feeds, start, "local", "edge")
 
     def _split(
-        self, cut_id: str, codec: str, feeds: Mapping[str, np.ndarray], start: float
+        self,
+        cut_id: str,
+        codec: str,
+        feeds: Mapping[str, np.ndarray],
+        start: float,
+        wait_ms: float = math.inf,
     ) -> Result:
         runner = self.cuts[cut_id]
         spec = next(s for s in self.codecs[cut_id] if s.label == codec)
@@ -268,7 +322,7 @@ class EdgeRuntime:
             local_ms = self.local_ms
         waited = time.perf_counter()
         try:
-            reply = self._call(cut_id, tensors, remaining, remote_ms, local_ms)
+            reply = self._call(cut_id, tensors, remaining, remote_ms, local_ms, wait_ms)
         except DeadlineError:
             # no answer yet: the call costs more than was waited. A penalty lifts the
             # prediction (and the next hedge) beyond it; it fades within seconds, so
@@ -294,13 +348,20 @@ class EdgeRuntime:
         self.breaker.success()
         with self._lock:
             c = self.costs[(cut_id, codec)]
-            c.head_ms, c.encode_ms = _blend(c.head_ms, head_ms), _blend(c.encode_ms, encode_ms)
+            # costs older than explore_s are replaced, recent ones blended
+            now = time.monotonic()
+            weight = 1.0 if now - c.measured_at > self.options.explore_s else EWMA
+            c.head_ms, c.encode_ms = (
+                _blend(c.head_ms, head_ms, weight),
+                _blend(c.encode_ms, encode_ms, weight),
+            )
             c.server_ms, c.decode_ms = (
-                _blend(c.server_ms, server_ms),
-                _blend(c.decode_ms, reply.decode_ms),
+                _blend(c.server_ms, server_ms, weight),
+                _blend(c.decode_ms, reply.decode_ms, weight),
             )
             c.up_bytes, c.down_bytes = up, down
             c.penalty_ms = 0.0  # an answer: what it cost is known
+            c.measured_at = now
             self._count("split", cut_id)
         outputs = {**kept, **reply.outputs}
         missing = [o.name for o in self.manifest.outputs if o.name not in outputs]
@@ -328,20 +389,20 @@ class EdgeRuntime:
         remaining: float,
         remote_ms: float,
         local_ms: float,
+        wait_ms: float,
     ) -> Reply:
         """The server's answer for ``tensors``, or DeadlineError once waiting longer does
-        not pay."""
+        not pay (or after ``wait_ms``)."""
         pending = self.client.start_infer(
             self.manifest.model, cut_id, tensors, timeout=max(remaining, 1.0) / 1000
         )
         # Hedge: when the answer is late (three times its prediction, 20 ms at least) or
         # waiting longer would leave no time for a local run, stop and compute here.
         # When a local run cannot meet the deadline anyway, wait for the cloud up to it.
-        hedge_ms = min(max(3 * remote_ms, 20.0), remaining)
-        if remaining - local_ms > 0:
-            hedge_ms = min(hedge_ms, remaining - local_ms)
-        if not self.options.hedge:
+        hedge_ms = min(max(3 * remote_ms, 20.0), remaining - local_ms)
+        if not self.options.hedge or remaining <= local_ms:
             hedge_ms = remaining
+        hedge_ms = min(hedge_ms, wait_ms)
         try:
             return pending.result(timeout=max(hedge_ms, 0.0) / 1000)
         except TimeoutError:
@@ -446,6 +507,7 @@ class EdgeRuntime:
                 "cuts": dict(self._stats.by_cut),
                 "failures": dict(self._stats.failures),
                 "calls": self._stats.calls,
+                "explored": self._stats.explored,
                 "breaker": self.breaker.snapshot(),
                 "link": {"uplink_bps": link.uplink_bps, "rtt_ms": link.rtt_ms, "age_s": link.age_s},
                 "local_ms": self.local_ms,
