@@ -3,6 +3,7 @@ momentary delay of this machine counts once, not ``factor`` times."""
 
 from __future__ import annotations
 
+import math
 import time
 
 from runtime.engine import SlowDevice
@@ -25,3 +26,23 @@ def test_a_slow_device_dilates_by_its_fastest_run_and_adds_a_delay_once():
     _, other = device.run("other", time.sleep, 0.005)  # each key has its own fastest run
     assert 12 <= other <= 40
     assert SlowDevice(1.0).run("x", time.sleep, 0.01)[1] < 30
+
+
+class _Cached:
+    """Work that takes 20 ms after a pause and 10 ms right after another run, as work
+    whose data has left this machine's caches does."""
+
+    def __init__(self) -> None:
+        self.last = -math.inf
+
+    def __call__(self) -> None:
+        time.sleep(0.01 if time.perf_counter() - self.last < 0.003 else 0.02)
+        self.last = time.perf_counter()
+
+
+def test_a_slow_device_dilates_by_a_warm_run_though_its_callers_sleep_between_runs():
+    device, work = SlowDevice(3.0), _Cached()
+    # every run follows a pause (the device's own sleep): cold, 20 ms; the device is
+    # 3x the 10 ms of a warm run, plus what the cold run added once
+    times = [device.run("work", work)[1] for _ in range(3)]
+    assert all(35 <= t <= 55 for t in times), times  # not 3 x 20 = 60
