@@ -91,9 +91,23 @@ class _CutCosts:
     penalty_ms: float = 0.0  # after calls that were late: what they cost at least, fading
     penalty_at: float = 0.0
     measured_at: float = field(default_factory=time.monotonic)  # by the last answer
+    tried_at: float = 0.0  # the last trial's start
 
     def penalty(self) -> float:
         return self.penalty_ms * math.exp(-(time.monotonic() - self.penalty_at) / PENALTY_FADE_S)
+
+    def last_seen(self) -> float:
+        return max(self.measured_at, self.tried_at)
+
+
+@dataclass(frozen=True)
+class _Route:
+    """Where one request goes: a (cut, codec) pair, and for a trial of a stale cut
+    the longest wait for its answer."""
+
+    key: tuple[str, str]
+    wait_ms: float = math.inf
+    trial: bool = False
 
 
 @dataclass
@@ -143,9 +157,9 @@ class EdgeRuntime:
         self._stats = _Stats()
         self._last_request = time.monotonic()
         self._inflight = 0  # splits waiting for the server: probes then measure a busy link
-        self._explored_at = time.monotonic()
-        self._requests = self._explored_after = 0  # requests answered; at the last trial
         self.local_ms, self.costs = self._warm_up()
+        self._explored_at = time.monotonic()
+        self._requests = self._explored_after = 0  # requests started; at the last trial
         # learn the link before the first request: a first call opens the connection
         # (its time is not the round trip's); the first payload only sizes the next two,
         # whose samples then outvote it in the estimator's median of three
@@ -224,7 +238,6 @@ class EdgeRuntime:
         return local_ms, costs
 
     def _fastest_ms(self, key: str, run: Callable[..., Any], *args: Any) -> float:
-        run(*args)
         return min(self.device.run(key, run, *args)[1] for _ in range(3))
 
     # ---- choosing
@@ -238,52 +251,51 @@ class EdgeRuntime:
         remote = transfer + link.rtt_ms + c.server_ms + c.decode_ms + c.penalty()
         return c.head_ms + c.encode_ms + remote
 
-    def _choose(self) -> tuple[tuple[str, str] | None, float]:
-        """The (cut, codec) to split at for this request, or None to run locally; and
-        the longest wait for the server's answer (inf: as the hedge decides)."""
-        now = time.monotonic()
+    def _choose(self) -> _Route | None:
+        """Where this request goes: a split, or None to run locally."""
         with self._lock:
             options = {key: self.predict(*key) for key in self.costs}
             local = self.local_ms
-            explore = (
-                now - self._explored_at > self.options.explore_s
-                and self._requests - self._explored_after >= EXPLORE_EVERY
-            )
         if not options:
-            return None, math.inf
+            return None
         deadline = self.options.deadline_ms
         best = min(options, key=options.__getitem__)
         faster = options[best] * self.options.local_margin < local
         # past the deadline the cloud is given up: a split predicted to miss it ends up
         # local anyway, unless the local run cannot meet the deadline either
         choice = best if faster and (options[best] <= deadline or local > deadline) else None
-        trial = self._trial(choice, options[choice] if choice else local, now) if explore else None
-        return trial or (choice, math.inf)
+        trial = self._trial(choice, options[choice] if choice else local)
+        return trial or (_Route(choice) if choice else None)
 
-    def _trial(
-        self, choice: tuple[str, str] | None, taken_ms: float, now: float
-    ) -> tuple[tuple[str, str], float] | None:
-        """A cut whose costs are older than explore_s, to try with this request, and how
-        long to wait for it: at most what keeps the request within EXPLORE_RATIO times
-        the path taken (its head, its wait, then a local run). Its server may have been
-        busy and be idle now, or its first measurement noisy: what it costs is learned
-        only by sending through it."""
-        link = self.link.estimate()
-        candidates = {}
+    def _trial(self, choice: tuple[str, str] | None, taken_ms: float) -> _Route | None:
+        """A trial of the cut seen least recently, when its costs are older than
+        explore_s, no trial ran for as long and EXPLORE_EVERY requests: its wait is
+        what keeps the request within EXPLORE_RATIO times the path taken (its head,
+        its wait, then a local run). Its server may have been busy and be idle now, or
+        its first measurement noisy: what it costs is learned only by sending to it."""
+        if self.breaker.snapshot()["state"] != CircuitBreaker.CLOSED:
+            return None  # the prober finds out first whether the server is back
+        now, link = time.monotonic(), self.link.estimate()
+        stale = now - self.options.explore_s
         with self._lock:
+            due = self._explored_at < stale
+            if not due or self._requests - self._explored_after < EXPLORE_EVERY:
+                return None
+            waits = {}
             for key, c in self.costs.items():
-                if key == choice or now - c.measured_at <= self.options.explore_s:
+                if key == choice or c.last_seen() > stale:
                     continue
                 wait_ms = EXPLORE_RATIO * taken_ms - self.local_ms - c.head_ms - c.encode_ms
                 transfer_ms = c.up_bytes * 8 / link.uplink_bps * 1000
                 if wait_ms > transfer_ms + link.rtt_ms:  # it could answer in time
-                    candidates[key] = wait_ms
-            if not candidates:
+                    waits[key] = wait_ms
+            if not waits:
                 return None
+            key = min(waits, key=lambda k: self.costs[k].last_seen())
+            self.costs[key].tried_at = now
             self._explored_at, self._explored_after = now, self._requests
             self._stats.explored += 1
-        key = min(candidates, key=lambda k: self.predict(*k))
-        return key, candidates[key]
+        return _Route(key, waits[key], trial=True)
 
     # ---- serving
 
@@ -291,25 +303,21 @@ class EdgeRuntime:
         """Every model output for ``feeds``; path "local", "split" or "fallback"."""
         start = time.perf_counter()
         self._last_request = time.monotonic()
-        choice, wait_ms = self._choose()
+        route = self._choose()
         with self._lock:
             self._requests += 1
-        if choice is not None and self.breaker.allow():
+        if route is not None and self.breaker.allow():
             try:
-                return self._split(*choice, feeds, start, wait_ms)
+                return self._split(route, feeds, start)
             except SplitInferError as exc:
-                self._failed(exc)
-                return self._run_local(feeds, start, "fallback", choice[0])
+                # a trial's wait is cut short on purpose: its lateness says nothing of
+                # the server's health
+                self._failed(exc, breaker=not (route.trial and isinstance(exc, DeadlineError)))
+                return self._run_local(feeds, start, "fallback", route.key[0])
         return self._run_local(feeds, start, "local", "edge")
 
-    def _split(
-        self,
-        cut_id: str,
-        codec: str,
-        feeds: Mapping[str, np.ndarray],
-        start: float,
-        wait_ms: float = math.inf,
-    ) -> Result:
+    def _split(self, route: _Route, feeds: Mapping[str, np.ndarray], start: float) -> Result:
+        cut_id, codec = route.key
         runner = self.cuts[cut_id]
         spec = next(s for s in self.codecs[cut_id] if s.label == codec)
         (sent, kept), head_ms = self.device.run(cut_id, runner.run_head, feeds)
@@ -322,7 +330,7 @@ class EdgeRuntime:
             local_ms = self.local_ms
         waited = time.perf_counter()
         try:
-            reply = self._call(cut_id, tensors, remaining, remote_ms, local_ms, wait_ms)
+            reply = self._call(cut_id, tensors, remaining, remote_ms, local_ms, route.wait_ms)
         except DeadlineError:
             # no answer yet: the call costs more than was waited. A penalty lifts the
             # prediction (and the next hedge) beyond it; it fades within seconds, so
@@ -348,9 +356,8 @@ class EdgeRuntime:
         self.breaker.success()
         with self._lock:
             c = self.costs[(cut_id, codec)]
-            # costs older than explore_s are replaced, recent ones blended
-            now = time.monotonic()
-            weight = 1.0 if now - c.measured_at > self.options.explore_s else EWMA
+            # a trial's answer replaces the stale costs; others are blended in
+            weight = 1.0 if route.trial else EWMA
             c.head_ms, c.encode_ms = (
                 _blend(c.head_ms, head_ms, weight),
                 _blend(c.encode_ms, encode_ms, weight),
@@ -361,7 +368,7 @@ class EdgeRuntime:
             )
             c.up_bytes, c.down_bytes = up, down
             c.penalty_ms = 0.0  # an answer: what it cost is known
-            c.measured_at = now
+            c.measured_at = time.monotonic()
             self._count("split", cut_id)
         outputs = {**kept, **reply.outputs}
         missing = [o.name for o in self.manifest.outputs if o.name not in outputs]
@@ -429,11 +436,11 @@ class EdgeRuntime:
         self._stats.paths[path] += 1
         self._stats.by_cut[cut] = self._stats.by_cut.get(cut, 0) + 1
 
-    def _failed(self, exc: SplitInferError) -> None:
+    def _failed(self, exc: SplitInferError, *, breaker: bool = True) -> None:
         kind = getattr(exc, "code", None) or type(exc).__name__
         with self._lock:
             self._stats.failures[kind] = self._stats.failures.get(kind, 0) + 1
-        if not isinstance(exc, OverloadedError):  # a busy server is there: keep calling
+        if breaker and not isinstance(exc, OverloadedError):  # busy is there: keep calling
             self.breaker.failure()
 
     # ---- probing

@@ -286,12 +286,12 @@ def test_a_server_that_was_busy_is_used_again_once_it_is_not(explore_s, artifact
         busy_until = time.monotonic() + 2
         while time.monotonic() < busy_until:
             _paths(runtime, 1)
-        assert _paths(runtime, 3) == [("local", "edge")] * 3, json.dumps(runtime.stats())
+        # it stopped splitting (a trial, cut short, falls back)
+        assert all(path != "split" for path, _ in _paths(runtime, 3)), json.dumps(runtime.stats())
         host.delay_s = 0.0  # the runtime can learn this only by sending a request
-        start = time.monotonic()
-        while _paths(runtime, 1)[-1][0] != "split" and time.monotonic() - start < 4:
-            pass
-        resumed = time.monotonic() - start < 4
+        start, resumed = time.monotonic(), False
+        while not resumed and time.monotonic() - start < 4:
+            resumed = _paths(runtime, 1)[-1][0] == "split"
         stats = runtime.stats()
     if explore_s == math.inf:  # without trials it would never know
         assert not resumed and stats["explored"] == 0, json.dumps(stats)
