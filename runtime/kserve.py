@@ -40,9 +40,11 @@ from runtime.metrics import Call
 from runtime.service import (
     Malformed,
     TailService,
+    answer_queue,
     checked,
     lenient,
     respond,
+    spawn,
     status_and_message,
     stream_answers,
 )
@@ -51,7 +53,6 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 PROTOCOL = "kserve"  # the metrics' protocol label
 VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
-MAX_PENDING_STREAM_REQUESTS = 64
 
 # InferTensorContents field per datatype, for inputs sent typed instead of raw
 CONTENTS = {
@@ -330,7 +331,7 @@ class KServeServicer:
         """Answers in the order they finish, each with its request's id; an error answers
         one request (``error_message``) and the stream goes on."""
         await respond(context, checked(self.service.authorize, context))
-        answers: asyncio.Queue[kpb.ModelStreamInferResponse | None] = asyncio.Queue()
+        answers = answer_queue()
         tasks: set[asyncio.Task[None]] = set()
 
         async def run(request: Any) -> None:
@@ -358,11 +359,7 @@ class KServeServicer:
 
         async def read() -> None:
             async for request in requests:
-                while len(tasks) >= MAX_PENDING_STREAM_REQUESTS:
-                    await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.create_task(run(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                await spawn(tasks, run(request))
 
         async for answer in stream_answers(read, answers, tasks):
             yield answer

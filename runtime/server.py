@@ -10,6 +10,7 @@ anything unexpected is INTERNAL with the traceback logged, never sent.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import sys
@@ -21,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from runtime import fastwire
 from runtime.batching import BatchOptions
@@ -36,12 +37,15 @@ from runtime.errors import (
 from runtime.metrics import Call, Metrics
 from runtime.protocol import model_info, tensor_from_proto, tensor_to_proto
 from runtime.service import (
+    MAX_PENDING_STREAM_REQUESTS,
     Malformed,
     TailService,
+    answer_queue,
     checked,
     lenient,
     respond,
     same,
+    spawn,
     status_and_message,
     stream_answers,
 )
@@ -55,7 +59,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
 PROTOCOL = "splitinfer"  # the metrics' protocol label
 PROTOCOLS = (PROTOCOL, "kserve")  # what a server speaks by default
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
-MAX_PENDING_STREAM_REQUESTS = 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,7 +130,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         self, requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamResponse]:
         await respond(context, checked(self._admit, None, context))
-        answers: asyncio.Queue[pb.StreamResponse | None] = asyncio.Queue()
+        answers = answer_queue()
         tasks: set[asyncio.Task[None]] = set()
         pending: dict[str, _Assembly] = {}
 
@@ -163,9 +166,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
                     await answers.put(_stream_error(_request_id(item), exc))
                     continue
                 if done is not None:
-                    task = asyncio.create_task(run(*done))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    await spawn(tasks, run(*done))
             for request_id in list(pending):
                 await answers.put(
                     _stream_error(request_id, InvalidInputError("the stream ended mid-request"))
@@ -338,6 +339,84 @@ def register_service(server: grpc.aio.Server, servicer: SplitInferenceServicer) 
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
+def register_standard_services(
+    server: grpc.aio.Server,
+    health_servicer: health.aio.HealthServicer,
+    reflecting: reflection.aio.ReflectionServicer,
+) -> None:
+    """grpc's health and reflection services, registered like ours: a request that
+    does not parse is refused with INVALID_ARGUMENT (grpc would answer UNKNOWN)."""
+    for module, name, servicer in (
+        (health_pb2, "Health", health_servicer),
+        (reflection_pb2, "ServerReflection", reflecting),
+    ):
+        service = module.DESCRIPTOR.services_by_name[name]
+        handlers = {
+            method.name: _lenient_handler(
+                method,
+                getattr(servicer, method.name),
+                getattr(module, method.input_type.name),
+                getattr(module, method.output_type.name),
+            )
+            for method in service.methods
+        }
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+        )
+
+
+def _lenient_handler(
+    method: Any, behaviour: Any, request: Any, response: Any
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler for ``behaviour`` (a servicer's coroutine or async generator) that
+    parses requests leniently and refuses the ones that do not parse."""
+    options = {
+        "request_deserializer": lenient(request),
+        "response_serializer": response.SerializeToString,
+    }
+
+    async def refused(request: Any, context: grpc.aio.ServicerContext) -> None:
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+
+    if method.client_streaming:
+
+        async def parsed(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+            async for request in requests:
+                await refused(request, context)
+                yield request
+
+        async def streaming(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+            async for answer in behaviour(parsed(requests, context), context):
+                yield answer
+
+        async def collecting(requests: AsyncIterator[Any], context: Any) -> Any:
+            return await behaviour(parsed(requests, context), context)
+
+        if method.server_streaming:
+            return grpc.stream_stream_rpc_method_handler(streaming, **options)
+        return grpc.stream_unary_rpc_method_handler(collecting, **options)
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def generating(request: Any, context: Any) -> AsyncIterator[Any]:
+            await refused(request, context)
+            async for answer in behaviour(request, context):
+                yield answer
+
+        return grpc.unary_stream_rpc_method_handler(generating, **options)
+
+    async def answering(request: Any, context: Any) -> Any:  # or writing, as Watch does
+        await refused(request, context)
+        return await behaviour(request, context)
+
+    make = (
+        grpc.unary_stream_rpc_method_handler
+        if method.server_streaming
+        else grpc.unary_unary_rpc_method_handler
+    )
+    return make(answering, **options)
+
+
 async def create_server(
     address: str,
     host: TailHost,
@@ -370,12 +449,12 @@ async def create_server(
         kserve.register_service(server, kserve.KServeServicer(service))
         names.append(kserve.SERVICE_NAME)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    reflecting = reflection.aio.ReflectionServicer(
+        (*names, health.SERVICE_NAME, reflection.SERVICE_NAME)
     )
+    register_standard_services(server, health_servicer, reflecting)
     if security.cert is not None or security.key is not None:
         if security.cert is None or security.key is None:
             raise ValueError("TLS needs both a certificate and a key")

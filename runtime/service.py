@@ -13,7 +13,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from runtime.tails import HostLimits, TailHost, check_response_codec
 # to a worker thread costs more. Longer ones run in a thread, leaving the loop free.
 INLINE_MS = 1.0
 INLINE_DECODE_BYTES = 64 * 1024  # compressed payloads beyond this decode in a thread
+MAX_PENDING_STREAM_REQUESTS = 64  # per stream: requests running, or answers unsent
 
 T = TypeVar("T")
 log = logging.getLogger("splitinfer.server")
@@ -275,22 +276,43 @@ def lenient(message_class: Any) -> Callable[[bytes], Any]:
     return parse
 
 
+def answer_queue() -> asyncio.Queue[Any]:
+    """Where a stream's answers (or their chunks) wait to be sent. Bounded: when the
+    client does not read them, the requests' tasks wait to put theirs, ``spawn``
+    stops taking new requests, and gRPC's flow control then stops the client's
+    sending; the server holds at most MAX_PENDING_STREAM_REQUESTS running requests
+    and as many messages waiting, not every answer of a stream nobody reads."""
+    return asyncio.Queue(maxsize=MAX_PENDING_STREAM_REQUESTS)
+
+
+async def spawn(tasks: set[asyncio.Task[None]], work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` as one of a stream's tasks, once fewer than the bound are running."""
+    while len(tasks) >= MAX_PENDING_STREAM_REQUESTS:
+        await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
+    task = asyncio.create_task(work)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
 async def stream_answers(
     read: Callable[[], Awaitable[None]],
     answers: asyncio.Queue[Any],
     tasks: set[asyncio.Task[None]],
 ) -> AsyncIterator[Any]:
     """A bidirectional stream's answers: ``read`` takes the requests in, starting a
-    task (in ``tasks``) per request that puts its answer in ``answers``. The stream
-    ends once every task has answered; when the caller goes, the tasks are cancelled."""
+    task (``spawn``) per request that puts its answer in ``answers`` (``answer_queue``).
+    The stream ends once every task has answered; when the caller goes, the tasks are
+    cancelled."""
 
     async def reading() -> None:
+        # cancelled when the caller goes: then nothing is put (the queue may be full)
         try:
             await read()
-            if tasks:
-                await asyncio.gather(*tasks)
-        finally:
-            await answers.put(None)
+        except Exception:  # the requests could not be read on: answer those taken in
+            log.debug("a stream's requests ended with an error", exc_info=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await answers.put(None)
 
     reader = asyncio.create_task(reading())
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import time
 
 import grpc
 import numpy as np
@@ -12,11 +13,14 @@ import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
 from google.protobuf import json_format
+from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import InferenceServerException
 
+from partitioner import ModelGraph, write_artifacts
+from partitioner.cuts import cut_from_tensors
 from runtime.engine import SessionOptions, make_session, run_session
 from runtime.kserve import tail_signature
 from runtime.server import Security
@@ -295,3 +299,45 @@ def test_a_batching_servers_config_has_the_batch_dimension_out_and_round_trips(a
     assert [list(i.dims) for i in config.input] == [list(p.dims[1:]) for p in inputs]
     again = json_format.ParseDict(json_format.MessageToDict(config), mc.ModelConfig())
     assert again == config and again.dynamic_batching.max_queue_delay_microseconds > 0
+
+
+def _tile_artifacts(directory):
+    """A model whose answer (256 KiB) is 4096 times its input, split to run in the cloud."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 65536])
+    repeats = numpy_helper.from_array(np.array([1, 4096], np.int64), "repeats")
+    node = helper.make_node("Tile", ["x", "repeats"], ["y"])
+    graph = helper.make_graph([node], "tile", [x], [y], [repeats])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    loaded = ModelGraph.load(model)
+    write_artifacts(loaded, [cut_from_tensors(loaded, ["x"], cut_id="cloud")], directory)
+
+
+def _answered(server):
+    return sum(
+        sample.value
+        for family in server.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "splitinfer_requests_total"
+    )
+
+
+def test_a_stream_whose_answers_are_not_read_holds_the_server_up_not_its_memory(tmp_path, serve):
+    _tile_artifacts(tmp_path)
+    server = serve(TailHost([tmp_path], session_options=EXACT))
+    request = kpb.ModelInferRequest(
+        model_name="tile__cloud",
+        inputs=[kpb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 16])],
+        raw_input_contents=[np.ones((1, 16), np.float32).tobytes()],
+    )
+    sent = 1000  # 64 KiB of requests for 256 MiB of answers
+    channel, stub = _stub(server.target)
+    with channel:
+        answers = stub.ModelStreamInfer(iter([request] * sent), timeout=60)
+        time.sleep(3)  # the client reads nothing: the server answers only what it can send
+        held = _answered(server)
+        received = [answer for answer in answers]
+    assert held < 300, held  # a queue and the running requests, both bounded, and the window
+    assert len(received) == sent and not any(a.error_message for a in received)
+    expected = np.ones((1, 65536), np.float32).tobytes()
+    assert all(a.infer_response.raw_output_contents[0] == expected for a in received)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,6 +33,8 @@ METHODS = {
         f"/inference.GRPCInferenceService/{m.name}": "stream" if m.client_streaming else "unary"
         for m in kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
     },
+    "/grpc.health.v1.Health/Check": "unary",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": "stream",
 }
 
 
@@ -70,7 +73,6 @@ def test_random_bytes_on_every_rpc_never_crash_the_server(resnet_artifacts, serv
             allowed: tuple[grpc.StatusCode, ...] = (
                 grpc.StatusCode.INVALID_ARGUMENT,
                 grpc.StatusCode.NOT_FOUND,
-                grpc.StatusCode.INTERNAL,  # protobuf parse failure, reported by grpc itself
             )
             service, name = method.strip("/").split("/")
             if service == "inference.GRPCInferenceService" and not hasattr(KServeServicer, name):
@@ -86,6 +88,41 @@ def test_random_bytes_on_every_rpc_never_crash_the_server(resnet_artifacts, serv
     with SplitClient(server.target) as client:
         assert client.describe().models
     assert len(seen) >= 2
+
+
+def test_health_and_reflection_refuse_bytes_that_do_not_parse(resnet_artifacts, serve):
+    server = serve(TailHost([resnet_artifacts[0]]))
+    garbage = b"\xff\xff\xff"  # a field tag that never ends: no message parses it
+    options = {"request_serializer": _identity, "response_deserializer": _identity}
+    with grpc.insecure_channel(server.target) as channel:
+        calls = [
+            lambda: channel.unary_unary("/grpc.health.v1.Health/Check", **options)(
+                garbage, timeout=5
+            ),
+            lambda: next(
+                channel.unary_stream("/grpc.health.v1.Health/Watch", **options)(garbage, timeout=5)
+            ),
+            lambda: list(
+                channel.stream_stream(
+                    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", **options
+                )(iter([garbage]), timeout=5)
+            ),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+            assert "not a valid" in caught.value.details()
+        # and what does parse is answered as before
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="splitinfer.v1.SplitInference")
+        assert health.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        watching = health.Watch(request, timeout=5)
+        assert next(watching).status == health_pb2.HealthCheckResponse.SERVING
+        watching.cancel()
+        with pytest.raises(grpc.RpcError) as caught:
+            health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_reflection_lists_the_services(resnet_artifacts, serve):
