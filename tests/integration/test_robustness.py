@@ -112,7 +112,7 @@ def test_health_and_reflection_refuse_bytes_that_do_not_parse(resnet_artifacts, 
             with pytest.raises(grpc.RpcError) as caught:
                 call()
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
-            assert "not a valid" in caught.value.details()
+            assert "not a valid" in (caught.value.details() or "")
         # and what does parse is answered as before
         health = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest(service="splitinfer.v1.SplitInference")
