@@ -254,12 +254,15 @@ class SlowTailHost(TailHost):
 def test_a_tail_slower_than_the_first_hedge_is_learned_not_hedged_forever(artifacts, serve):
     directory, _ = artifacts
     server = serve(SlowTailHost([directory], session_options=EXACT))
-    # no plan, so nothing says the tail takes 60 ms; local is slower still (~1 ms x 300)
+    # no plan, so nothing says the tail takes 60 ms; local is slower still (~1 ms x 300).
+    # Hedged forever, every split would fall back. A cut whose server time is still
+    # unknown looks fast next to one learned slow, so the other cut may be tried and
+    # hedged too before both are known.
     with _runtime(directory, server.target, slowdown=300.0, deadline_ms=3000) as runtime:
-        paths = _paths(runtime, 12)
+        paths = _paths(runtime, 24)
         stats = runtime.stats()
-    assert paths[-5:] == [("split", "cloud")] * 5 or paths[-5:] == [("split", "mid")] * 5, paths
-    assert stats["paths"]["fallback"] <= 3, stats
+    seen = " ".join(f"{path}:{cut}" for path, cut in paths)
+    assert stats["paths"]["split"] >= 16 and stats["paths"]["fallback"] <= 5, seen
 
 
 class BusyHost(TailHost):
