@@ -338,6 +338,12 @@ def test_a_stream_whose_answers_are_not_read_holds_the_server_up_not_its_memory(
         held = _answered(server)
         received = [answer for answer in answers]
     assert held < 300, held  # a queue and the running requests, both bounded, and the window
-    assert len(received) == sent and not any(a.error_message for a in received)
+    # every request answered: exactly, or (on a loaded machine, the server at capacity
+    # with this stream's own requests) refused at once, as unary calls are
+    assert len(received) == sent
     expected = np.ones((1, 65536), np.float32).tobytes()
-    assert all(a.infer_response.raw_output_contents[0] == expected for a in received)
+    for answer in received:
+        if answer.error_message:
+            assert answer.error_message.startswith("RESOURCE_EXHAUSTED"), answer.error_message
+        else:
+            assert answer.infer_response.raw_output_contents[0] == expected
