@@ -65,6 +65,10 @@ class SplitClient:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
+            # a connection of its own: grpc would share one among channels to the same
+            # target, and another client's bulk transfer would hold this one's calls up
+            # (and its link measurements would measure that client's queue)
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         if tls is not None:
             if tls.server_name:

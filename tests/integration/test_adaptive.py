@@ -300,3 +300,19 @@ def test_a_server_that_was_busy_is_used_again_once_it_is_not(explore_s, artifact
         assert not resumed and stats["explored"] == 0, json.dumps(stats)
     else:
         assert resumed and stats["explored"] >= 1, json.dumps(stats)
+
+
+def test_a_client_has_its_own_connection_so_another_clients_upload_does_not_hold_it_up(server):
+    with LinkEmulator("127.0.0.1", server.port) as link:
+        link.set(up_bps=8e6)
+        with SplitClient(link.address) as bulk, SplitClient(link.address) as mine:
+            bulk.probe(0, timeout=5)
+            mine.probe(0, timeout=5)
+            upload = threading.Thread(target=bulk.probe, args=(2_000_000,), kwargs={"timeout": 10})
+            upload.start()
+            time.sleep(0.2)  # 2 MB at 8 Mbit/s: the upload fills its pipe for 2 s
+            round_trip, _ = mine.probe(0, timeout=5)
+            upload.join()
+    # on a shared connection this call would wait behind the upload (and the runtime's
+    # link estimate would measure another client's queue)
+    assert round_trip < 300, round_trip
