@@ -220,8 +220,8 @@ class EdgeRuntime:
 
     def _warm_up(self) -> tuple[float, dict[tuple[str, str], _CutCosts]]:
         """Measure the local model and every head on example inputs: the fastest of
-        three runs after one that warms ONNX Runtime up (a shared machine's noise only
-        adds; the requests' own times follow)."""
+        three runs (a shared machine's noise only adds; the device calibrates each
+        work on warm runs first; the requests' own times follow)."""
         feeds = example_feeds(self.manifest.inputs, batch=1)
         local_ms = self._fastest_ms(LOCAL, run_session, self.local, feeds)
         costs = {}
@@ -254,6 +254,7 @@ class EdgeRuntime:
     def _choose(self) -> _Route | None:
         """Where this request goes: a split, or None to run locally."""
         with self._lock:
+            self._requests += 1
             options = {key: self.predict(*key) for key in self.costs}
             local = self.local_ms
         if not options:
@@ -273,14 +274,15 @@ class EdgeRuntime:
         what keeps the request within EXPLORE_RATIO times the path taken (its head,
         its wait, then a local run). Its server may have been busy and be idle now, or
         its first measurement noisy: what it costs is learned only by sending to it."""
-        if self.breaker.snapshot()["state"] != CircuitBreaker.CLOSED:
-            return None  # the prober finds out first whether the server is back
-        now, link = time.monotonic(), self.link.estimate()
+        now = time.monotonic()
         stale = now - self.options.explore_s
         with self._lock:
             due = self._explored_at < stale
             if not due or self._requests - self._explored_after < EXPLORE_EVERY:
-                return None
+                return None  # the common case, decided before anything else is read
+            if self.breaker.snapshot()["state"] != CircuitBreaker.CLOSED:
+                return None  # the prober finds out first whether the server is back
+            link = self.link.estimate()
             waits = {}
             for key, c in self.costs.items():
                 if key == choice or c.last_seen() > stale:
@@ -304,8 +306,6 @@ class EdgeRuntime:
         start = time.perf_counter()
         self._last_request = time.monotonic()
         route = self._choose()
-        with self._lock:
-            self._requests += 1
         if route is not None and self.breaker.allow():
             try:
                 return self._split(route, feeds, start)
