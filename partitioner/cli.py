@@ -194,7 +194,26 @@ def _parser() -> argparse.ArgumentParser:
         "--max-batch",
         type=int,
         default=32,
-        help="samples per batched tail run (1: no dynamic batching; default 32)",
+        help="the most samples in one request and one tail run: the tails' max_batch_size "
+        "(default 32)",
+    )
+    serve.add_argument(
+        "--no-batching", action="store_true", help="run each request alone (no dynamic batching)"
+    )
+    serve.add_argument(
+        "--max-memory",
+        type=int,
+        default=1024,
+        metavar="MiB",
+        help="what requests may make the server hold at once: requests, decoded tensors, "
+        "unsent answers, stream chunks (default 1024); beyond it, RESOURCE_EXHAUSTED",
+    )
+    serve.add_argument(
+        "--max-message",
+        type=int,
+        default=16,
+        metavar="MiB",
+        help="the largest gRPC message (default 16); larger tensors stream in chunks",
     )
     serve.add_argument(
         "--batch-delay-ms",
@@ -204,6 +223,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus metrics (0: a free port)"
+    )
+    serve.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="where the metrics listen (default 127.0.0.1, whatever --host is)",
+    )
+    serve.add_argument(
+        "--metrics-open",
+        action="store_true",
+        help="serve the metrics without the bearer token (with --token-file they need it)",
     )
     serve.set_defaults(run=_cmd_serve)
 
@@ -435,8 +464,9 @@ def _token(path: Path | None) -> str | None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from runtime.server import Security, serve
-    from runtime.tails import HostLimits
+    from runtime.engine import SessionOptions
+    from runtime.server import MetricsOptions, Security, serve
+    from runtime.tails import HostLimits, MiB
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("TLS needs both --tls-cert and --tls-key")
@@ -444,21 +474,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError("--client-ca needs --tls-cert and --tls-key")
     if args.max_concurrent < 1 or args.max_queued < 0:
         raise ValueError("--max-concurrent must be at least 1 and --max-queued at least 0")
+    if not 1 <= args.max_memory <= 1 << 20:
+        raise ValueError(f"--max-memory must be between 1 and 1048576 MiB, not {args.max_memory}")
+    if not 1 <= args.max_message <= 2047:
+        raise ValueError(f"--max-message must be between 1 and 2047 MiB, not {args.max_message}")
+    _check_port("--port", args.port)
+    if args.metrics_port is not None:
+        _check_port("--metrics-port", args.metrics_port)
     security = Security(
         cert=_read(args.tls_cert),
         key=_read(args.tls_key),
         client_ca=_read(args.client_ca),
         token=_token(args.token_file),
     )
-    limits = HostLimits(max_concurrent=args.max_concurrent, max_queued=args.max_queued)
-    from runtime.engine import SessionOptions
-
+    limits = HostLimits(
+        max_concurrent=args.max_concurrent,
+        max_queued=args.max_queued,
+        max_memory_bytes=args.max_memory * MiB,
+        max_message_bytes=args.max_message * MiB,
+    )
     sessions = SessionOptions(optimize=not args.exact)
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     if not protocols or set(protocols) - {"splitinfer", "kserve"}:
         raise ValueError(f"--protocols takes splitinfer and/or kserve, not {args.protocols!r}")
-    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
-        raise ValueError("--metrics-port must be between 0 and 65535")
+    metrics = None
+    if args.metrics_port is not None:
+        metrics = MetricsOptions(
+            host=args.metrics_host, port=args.metrics_port, open=args.metrics_open
+        )
     asyncio.run(
         serve(
             args.directories,
@@ -469,10 +512,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             session_options=sessions,
             batching=_batching(args),
             protocols=protocols,
-            metrics_port=args.metrics_port,
+            metrics=metrics,
         )
     )
     return 0
+
+
+def _check_port(flag: str, port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{flag} must be between 0 and 65535 (0: a free port), not {port}")
 
 
 def _batching(args: argparse.Namespace) -> Any:
@@ -482,7 +530,8 @@ def _batching(args: argparse.Namespace) -> Any:
         raise ValueError("--max-batch must be between 1 and 65536")
     if not (math.isfinite(args.batch_delay_ms) and 0 <= args.batch_delay_ms <= 10_000):
         raise ValueError("--batch-delay-ms must be between 0 and 10000")
-    return BatchOptions(max_batch=args.max_batch, max_delay_ms=args.batch_delay_ms)
+    dynamic = not getattr(args, "no_batching", False)
+    return BatchOptions(max_batch=args.max_batch, max_delay_ms=args.batch_delay_ms, dynamic=dynamic)
 
 
 def _cmd_export_triton(args: argparse.Namespace) -> int:

@@ -62,7 +62,11 @@ def export_triton(
             shutil.copyfile(tail, version / MODEL_FILE)
         inputs, outputs = tail_signature(tail)
         config = triton_config(
-            name, inputs, outputs, batched=batch_dimension(tail), batching=batching
+            name,
+            inputs,
+            outputs,
+            max_batch_size=batching.max_batch if batch_dimension(tail) else 0,
+            batching=batching,
         )
         (out / name / "config.pbtxt").write_text(text_format.MessageToString(config))
         names.append(name)

@@ -27,15 +27,18 @@ Compute = Callable[[Feeds], Awaitable[Feeds]]
 
 @dataclass(frozen=True, kw_only=True)
 class BatchOptions:
-    """``max_batch`` samples per ONNX Runtime call (1: batching off); a batch waits at
-    most ``max_delay_ms`` for more requests when the tail is busy."""
+    """``max_batch``: the most samples in one request and in one ONNX Runtime call (a
+    tail's ``max_batch_size``); ``dynamic``: stack concurrent requests (with
+    ``max_batch`` 1 there is nothing to stack); a batch waits at most
+    ``max_delay_ms`` for more requests when the tail is busy."""
 
     max_batch: int = 32
     max_delay_ms: float = 2.0
+    dynamic: bool = True
 
     @property
     def enabled(self) -> bool:
-        return self.max_batch > 1
+        return self.dynamic and self.max_batch > 1
 
 
 @dataclass(frozen=True)

@@ -239,7 +239,7 @@ class Pending:
 
 def _parse_reply(data: bytes, round_trip_ms: float) -> Reply:
     begin = time.perf_counter()
-    response, outputs = fastwire.read(data, pb.InferResponse)
+    response, outputs = fastwire.read(data, fastwire.INFER_RESPONSE)
     decoded = {t.name: decode(t) for t in outputs}
     return Reply(decoded, response.timing, round_trip_ms, (time.perf_counter() - begin) * 1000)
 

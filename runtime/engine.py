@@ -59,11 +59,14 @@ def make_session(
         raise ModelError(f"{path}: ONNX Runtime cannot load the model: {first}") from exc
 
 
-def run_session(session: ort.InferenceSession, feeds: Feeds) -> dict[str, np.ndarray]:
-    """Run a session on the feeds it takes; returns every output by name."""
+def run_session(
+    session: ort.InferenceSession, feeds: Feeds, options: ort.RunOptions | None = None
+) -> dict[str, np.ndarray]:
+    """Run a session on the feeds it takes; returns every output by name. ``options``
+    lets another thread stop the run (``options.terminate = True``)."""
     names = [o.name for o in session.get_outputs()]
     wanted = {i.name: feeds[i.name] for i in session.get_inputs()}
-    return dict(zip(names, session.run(names, wanted), strict=True))
+    return dict(zip(names, session.run(names, wanted, options), strict=True))
 
 
 class SlowDevice:

@@ -21,7 +21,8 @@ message and exit status 2.
     │   ├── InvalidInputError   tensors that do not fit the cut   INVALID_ARGUMENT
     │   ├── OverloadedError     more work than the server takes   RESOURCE_EXHAUSTED
     │   ├── DeadlineError       the caller's deadline passed      DEADLINE_EXCEEDED
-    │   └── UnauthenticatedError  a missing or wrong token        UNAUTHENTICATED
+    │   ├── UnauthenticatedError  a missing or wrong token        UNAUTHENTICATED
+    │   └── ShuttingDownError   the server is stopping            UNAVAILABLE
     └── RemoteError         a call that failed on the way or on the server (client side)
         └── UnavailableError    the server cannot be reached      UNAVAILABLE
 
@@ -29,6 +30,17 @@ CodecError also answers INVALID_ARGUMENT; anything unexpected is INTERNAL.
 """
 
 from __future__ import annotations
+
+SHOWN_CHARS = 128  # of a client-supplied name, at most this much is echoed back
+
+
+def shown(name: object, limit: int = SHOWN_CHARS) -> str:
+    """A client-supplied name as an error message shows it: quoted, and cut to its
+    first ``limit`` characters (a hostile name of a megabyte is not echoed back)."""
+    text = str(name)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 class SplitInferError(Exception):
@@ -92,7 +104,11 @@ class DeadlineError(RequestError):
 
 
 class UnauthenticatedError(RequestError):
-    """A missing or wrong bearer token."""
+    """A missing, repeated or wrong bearer token."""
+
+
+class ShuttingDownError(RequestError):
+    """The server is stopping: its running tails were stopped, new work is refused."""
 
 
 class RemoteError(SplitInferError):

@@ -8,12 +8,18 @@ number of series without bound.
 
 from __future__ import annotations
 
+import hmac
+import socket
+import threading
 import time
 from dataclasses import dataclass, field
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+from runtime.budget import MemoryBudget
 
 UNKNOWN = "_unknown"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -63,6 +69,27 @@ class Metrics:
         )
         self.known: set[tuple[str, str]] = set()  # (model, cut) pairs the server hosts
 
+    def watch_budget(self, budget: MemoryBudget) -> None:
+        """Expose the memory budget: bytes held now, the limit, refusals so far."""
+        held = Gauge(
+            "splitinfer_memory_held_bytes",
+            "Bytes that requests hold now (requests, decoded tensors, unsent answers)",
+            registry=self.registry,
+        )
+        held.set_function(lambda: budget.used)
+        limit = Gauge(
+            "splitinfer_memory_budget_bytes",
+            "The memory budget (--max-memory)",
+            registry=self.registry,
+        )
+        limit.set(budget.limit)
+        refused = Gauge(
+            "splitinfer_memory_refusals",
+            "Reservations refused because the budget was full (RESOURCE_EXHAUSTED)",
+            registry=self.registry,
+        )
+        refused.set_function(lambda: budget.refused)
+
     def call(self, protocol: str) -> Call:
         """Start timing one request (in flight until ``done``)."""
         self.in_flight.labels(protocol).inc()
@@ -75,11 +102,44 @@ class Metrics:
     def _names(self, model: str, cut: str) -> tuple[str, str]:
         return (model, cut) if (model, cut) in self.known else (UNKNOWN, UNKNOWN)
 
-    def serve(self, address: str, port: int) -> tuple[Any, int]:
-        """An HTTP endpoint (/metrics) on ``address:port`` (0: a free port); returns the
-        HTTP server (``shutdown()`` stops it) and its port."""
-        server, _ = start_http_server(port, addr=address, registry=self.registry)
+    def serve(self, address: str, port: int, *, token: str | None = None) -> tuple[Any, int]:
+        """An HTTP endpoint (/metrics) on ``address:port`` (0: a free port); with
+        ``token``, a request without ``Authorization: Bearer <token>`` gets 401. Returns
+        the HTTP server (``shutdown()`` stops it) and its port."""
+        app = make_wsgi_app(self.registry)
+        if token is not None:
+            app = _bearer(app, token)
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        server_class = type("MetricsServer", (_MetricsServer,), {"address_family": family})
+        server: Any = make_server(address, port, app, server_class, _QuietHandler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
         return server, server.server_port
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _bearer(app: Any, token: str) -> Any:
+    """``app`` behind a bearer token (the gRPC services' own)."""
+    expected = b"Bearer " + token.encode()
+
+    def checked(environ: dict[str, Any], start_response: Any) -> Any:
+        given = str(environ.get("HTTP_AUTHORIZATION", "")).encode()
+        if hmac.compare_digest(given, expected):
+            return app(environ, start_response)
+        start_response(
+            "401 Unauthorized",
+            [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Bearer realm="metrics"')],
+        )
+        return [b"the metrics need the server's bearer token\n"]
+
+    return checked
 
 
 @dataclass

@@ -10,13 +10,15 @@ anything unexpected is INTERNAL with the traceback logged, never sent.
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,27 +29,29 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from runtime import fastwire
 from runtime.batching import BatchOptions
-from runtime.codec import CodecSpec, Encoded
+from runtime.budget import Hold
+from runtime.codec import Codec, CodecSpec, Encoded
 from runtime.engine import SessionOptions
 from runtime.errors import (
     InvalidInputError,
     OverloadedError,
-    SplitInferError,
+    shown,
 )
 from runtime.metrics import Call, Metrics
 from runtime.protocol import model_info, tensor_from_proto, tensor_to_proto
 from runtime.service import (
+    INLINE_BYTES,
     MAX_PENDING_STREAM_REQUESTS,
-    Malformed,
+    SENT_COPIES,
     TailService,
     answer_queue,
-    checked,
-    lenient,
+    refuse,
     respond,
     same,
     spawn,
     status_and_message,
     stream_answers,
+    tensor_bytes,
 )
 from runtime.tails import HostLimits, TailHost
 from runtime.wire import splitinfer_pb2 as pb
@@ -73,31 +77,30 @@ class Security:
 
 
 class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
-    """splitinfer.v1.SplitInference over a TailHost."""
+    """splitinfer.v1.SplitInference over a TailService. Every method takes the request's
+    bytes and reads them with runtime.fastwire (bounded work, payloads not copied)."""
 
     def __init__(self, service: TailService) -> None:
         self.service = service
         self.host = service.host
 
-    def _admit(self, request: Any, context: grpc.aio.ServicerContext) -> None:
-        """The checks every RPC makes first: the bearer token, then that the bytes parsed."""
-        self.service.authorize(context)
-        if isinstance(request, Malformed):
-            raise InvalidInputError(request.message)
-
-    async def Infer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def Infer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes | None:
         # bytes in, bytes out: runtime.fastwire reads and writes payloads without copies
         call = self.service.metrics.call(PROTOCOL)
+        return await respond(context, self._infer_call(request, context, call), call)
 
-        async def infer() -> bytes:
-            self._admit(None, context)
-            header, tensors = fastwire.read(request, pb.InferRequest)
-            call.bytes_in = sum(len(t.payload) for t in tensors)
-            response, outputs = await self._infer(header, tensors, context, call)
-            call.bytes_out = sum(len(o.payload) for o in outputs)
-            return fastwire.write(response, outputs)
-
-        return await respond(context, infer(), call)
+    async def _infer_call(
+        self, request: bytes, context: grpc.aio.ServicerContext, call: Call
+    ) -> bytes:
+        self.service.authorize(context)
+        hold = self.service.begin(context, len(request), "the request")
+        header, tensors = fastwire.read(request)
+        call.bytes_in = sum(len(t.payload) for t in tensors)
+        response, outputs = await self._infer(header, tensors, context, call, hold)
+        call.bytes_out = size = sum(len(o.payload) for o in outputs)
+        data = await self.service.offload(lambda: fastwire.write(response, outputs), size)
+        hold.grow(SENT_COPIES * len(data), "the answer")
+        return data
 
     async def _infer(
         self,
@@ -105,13 +108,14 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         tensors: list[Encoded],
         context: grpc.aio.ServicerContext,
         call: Call,
+        hold: Hold,
     ) -> tuple[pb.InferResponse, list[Encoded]]:
         """Run one request: the response's small fields, and the encoded outputs."""
         codec = tensors[0].codec.value if tensors else "raw"
         call.label(request.model, request.cut, codec)
         response_codec = CodecSpec.parse(request.response_codec or "raw")
         answer = await self.service.infer(
-            request.model, request.cut, tensors, response_codec, context
+            request.model, request.cut, tensors, response_codec, context, hold
         )
         response = pb.InferResponse(
             model=request.model,
@@ -127,102 +131,260 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         return response, answer.outputs
 
     async def InferStream(
-        self, requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamResponse]:
-        await respond(context, checked(self._admit, None, context))
-        answers = answer_queue()
-        tasks: set[asyncio.Task[None]] = set()
-        pending: dict[str, _Assembly] = {}
-
-        async def run(request: pb.InferRequest, payloads: list[bytes]) -> None:
-            call = self.service.metrics.call(PROTOCOL)
-            call.bytes_in = sum(len(p) for p in payloads)
-            try:
-                tensors = [
-                    tensor_from_proto(t, p) for t, p in zip(request.tensors, payloads, strict=True)
-                ]
-                response, outputs = await self._infer(request, tensors, context, call)
-                for output in outputs:
-                    tensor_to_proto(output, response.outputs.add())
-                call.bytes_out = sum(len(o.payload) for o in response.outputs)
-            except asyncio.CancelledError:  # the stream went away
-                call.done(grpc.StatusCode.CANCELLED.name)
-                raise
-            except Exception as exc:
-                error = _stream_error(request.request_id, exc)
-                call.done(_CODE_NAMES.get(error.error.code, "UNKNOWN"))
-                await answers.put(error)
-                return
-            call.done("OK")
-            for message in _chunked(response, self.host.limits.max_message_bytes // 2):
-                await answers.put(message)
-
-        async def read() -> None:
-            async for item in requests:
-                try:
-                    self._admit(item, context)
-                    done = _assemble(item, pending, self.host.limits)
-                except SplitInferError as exc:
-                    await answers.put(_stream_error(_request_id(item), exc))
-                    continue
-                if done is not None:
-                    await spawn(tasks, run(*done))
-            for request_id in list(pending):
-                await answers.put(
-                    _stream_error(request_id, InvalidInputError("the stream ended mid-request"))
-                )
-
-        async for answer in stream_answers(read, answers, tasks):
+        async for answer in self.service.stream(context, lambda: self._stream(requests, context)):
             yield answer
 
-    async def Describe(
-        self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext
-    ) -> pb.DescribeResponse:
+    async def _stream(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamResponse]:
+        answers = answer_queue()
+        tasks: set[asyncio.Task[None]] = set()
+        incoming = _Incoming()
+
+        async def run(done: _Assembly) -> None:
+            call = self.service.metrics.call(PROTOCOL)
+            request, hold = done.request, done.hold
+            handed = False
+            try:
+                call.bytes_in = sum(done.sizes)
+                tensors = [
+                    tensor_from_proto(t, memoryview(p))
+                    for t, p in zip(request.tensors, done.payloads, strict=True)
+                ]
+                del done.payloads[:]
+                response, outputs = await self._infer(request, tensors, context, call, hold)
+                call.bytes_out = size = sum(len(o.payload) for o in outputs)
+                hold.grow(SENT_COPIES * size, "the answer")
+                messages = await self.service.offload(
+                    lambda: _chunked(response, outputs, self.host.limits.max_message_bytes // 2),
+                    size,
+                )
+            except asyncio.CancelledError:  # the stream went away
+                call.done(grpc.StatusCode.CANCELLED.name)
+                hold.release()
+                raise
+            except Exception as exc:
+                hold.release()
+                error = _stream_error(request.request_id, exc)
+                call.done(_CODE_NAMES.get(error.error.code, "UNKNOWN"))
+                await answers.put((error, None))
+                return
+            call.done("OK")
+            try:
+                for message in messages[:-1]:
+                    await answers.put((message, None))
+                await answers.put((messages[-1], hold))  # released once the last is sent
+                handed = True
+            finally:
+                if not handed:
+                    hold.release()
+
+        async def read() -> None:
+            async for data in requests:
+                try:
+                    done = self._assemble(data, incoming)
+                except _Refused as refused:  # this request is answered; the stream goes on
+                    await answers.put((_stream_error(refused.request_id, refused.error), None))
+                    continue
+                if done is not None:
+                    await spawn(tasks, run(done))
+            for request_id in list(incoming.pending):
+                incoming.drop(request_id)
+                ended = InvalidInputError("the stream ended mid-request")
+                await answers.put((_stream_error(request_id, ended), None))
+
+        try:
+            async for answer in stream_answers(read, answers, tasks):
+                yield answer
+        finally:
+            incoming.close()
+
+    def _assemble(self, data: bytes, incoming: _Incoming) -> _Assembly | None:
+        """Add one stream message; returns a request once all its bytes have arrived.
+        A request's header is checked in full (model, cut, names, dtypes, shapes, sizes)
+        and its bytes reserved in the memory budget before any chunk is kept. _Refused
+        for a message that does not parse or a request refused (answered once: the
+        chunks that follow a refused header are dropped)."""
+        request_id = ""
+        try:
+            parts = fastwire.parse(data, fastwire.STREAM_REQUEST)
+            kinds = [k for k in (1, 2) if k in parts.nested]
+            if len(kinds) != 1 or len(parts.nested[kinds[0]]) != 1:
+                raise InvalidInputError("a stream message holds exactly one request or one chunk")
+            if kinds[0] == 2:
+                chunk_parts = parts.nested[2][0]
+                request_id = chunk_parts.message.request_id
+                return incoming.add(
+                    request_id,
+                    chunk_parts.message.tensor,
+                    chunk_parts.payload(fastwire.CHUNK_DATA_FIELD),
+                )
+            request_parts = parts.nested[1][0]
+            request = request_parts.message
+            request_id = request.request_id
+            tensors = fastwire.tensors_of(request_parts)
+            request.tensors.extend(t.message for t in request_parts.nested.get(4, []))
+            incoming.check_new(request_id)
+            sizes = self._declared_sizes(request, tensors)
+            hold = self.service.budget.reserve(sum(sizes), "a stream request's tensors")
+            assembly = _Assembly(request, [bytearray() for _ in tensors], sizes, hold)
+            for index, tensor in enumerate(tensors):  # sizes checked: each fits
+                assembly.add(index, tensor.payload)
+            return incoming.start(assembly)
+        except Exception as exc:
+            if request_id:
+                incoming.refuse(request_id)
+            raise _Refused(request_id, exc) from None
+
+    def _declared_sizes(self, request: pb.InferRequest, tensors: list[Encoded]) -> list[int]:
+        """Each tensor's payload size as its header declares it, after checking the
+        request against the cut as if it had arrived whole."""
+        self.service.check(request.model, request.cut, tensors)
+        limit = self.host.limits.max_tensor_bytes
+        sizes = []
+        for message, tensor in zip(request.tensors, tensors, strict=True):
+            size = message.payload_size or len(tensor.payload)
+            if size > limit or len(tensor.payload) > size:
+                raise InvalidInputError(
+                    f"tensor {shown(tensor.name)}: payload_size {message.payload_size} is "
+                    f"inconsistent or over the limit of {limit} bytes"
+                )
+            expected = tensor_bytes([tensor])
+            if tensor.codec is Codec.RAW and size != expected:
+                raise InvalidInputError(
+                    f"tensor {shown(tensor.name)}: a raw payload of {size} bytes, but its "
+                    f"shape and dtype need {expected}"
+                )
+            sizes.append(size)
+        return sizes
+
+    async def Describe(self, request: bytes, context: grpc.aio.ServicerContext) -> Any:
         async def describe() -> pb.DescribeResponse:
-            self._admit(request, context)
-            names = [request.model] if request.model else sorted(self.host.models)
+            self.service.authorize(context)
+            wanted = fastwire.parse(request, _DESCRIBE_REQUEST).message
+            names = [wanted.model] if wanted.model else sorted(self.host.models)
             models = [model_info(self.host.model(n), self.host.limits) for n in names]
             return pb.DescribeResponse(models=models)
 
         return await respond(context, describe())
 
-    async def Probe(
-        self, request: pb.ProbeRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ProbeResponse:
-        async def probe() -> pb.ProbeResponse:
-            self._admit(request, context)
+    async def Probe(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes | None:
+        async def probe() -> bytes:
+            self.service.authorize(context)
             start = time.perf_counter()
+            parts = fastwire.parse(request, fastwire.PROBE_REQUEST)
+            size = parts.message.response_size
             limit = self.host.limits.max_probe_bytes
-            if request.response_size > limit:
+            received = len(parts.payload(1))
+            if size > limit or received > limit:
                 raise InvalidInputError(
-                    f"probe response_size {request.response_size} is over the limit of "
-                    f"{limit} bytes"
+                    f"a probe sending {received} bytes and asking for {size} is over the "
+                    f"limit of {limit} bytes each way"
                 )
-            payload = bytes(request.response_size)
-            return pb.ProbeResponse(
-                payload=payload,
-                received=len(request.payload),
-                server_ms=(time.perf_counter() - start) * 1000,
+            hold = self.service.begin(context, len(request), "the probe")
+            hold.grow(SENT_COPIES * size, "the probe's answer")
+            del parts
+            small = pb.ProbeResponse(
+                received=received, server_ms=(time.perf_counter() - start) * 1000
             )
+            return b"".join([small.SerializeToString(), *fastwire.bulk_field(1, bytes(size))])
 
         return await respond(context, probe())
 
 
-def _chunked(response: pb.InferResponse, chunk_bytes: int) -> list[pb.StreamResponse]:
+_DESCRIBE_REQUEST = fastwire.Layout(pb.DescribeRequest)
+MAX_REFUSED_IDS = 1024  # per stream: ids whose late chunks are dropped quietly
+
+
+class _Refused(Exception):
+    """One stream message refused, with the request it belonged to (when known)."""
+
+    def __init__(self, request_id: str, error: Exception) -> None:
+        super().__init__(str(error))
+        self.request_id = request_id
+        self.error = error
+
+
+class _Incoming:
+    """A stream's requests whose tensors are still arriving, each with its memory hold,
+    and the ids of requests refused lately: the chunks that follow a refused header
+    are dropped, so that each request gets one answer."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, _Assembly] = {}
+        self.refused: dict[str, None] = {}  # insertion-ordered: the oldest goes first
+
+    def check_new(self, request_id: str) -> None:
+        if not request_id:
+            raise InvalidInputError("a stream request needs a request_id")
+        if request_id in self.pending:
+            raise InvalidInputError(f"request_id {shown(request_id)} is already in flight")
+        if len(self.pending) >= MAX_PENDING_STREAM_REQUESTS:
+            raise OverloadedError(
+                f"more than {MAX_PENDING_STREAM_REQUESTS} incomplete requests on this stream"
+            )
+
+    def start(self, assembly: _Assembly) -> _Assembly | None:
+        """A checked header, its first bytes added: the request, when that was all."""
+        request_id = assembly.request.request_id
+        self.refused.pop(request_id, None)
+        self.pending[request_id] = assembly
+        return self._ready(request_id)
+
+    def add(self, request_id: str, tensor: int, data: bytes | memoryview) -> _Assembly | None:
+        """One chunk: the request, once it is complete."""
+        assembly = self.pending.get(request_id)
+        if assembly is None:
+            if request_id in self.refused:
+                return None  # its header was refused and answered already
+            raise InvalidInputError(f"chunk for unknown request_id {shown(request_id)}")
+        problem = assembly.add(tensor, data)
+        if problem is not None:
+            raise InvalidInputError(problem)
+        return self._ready(request_id)
+
+    def _ready(self, request_id: str) -> _Assembly | None:
+        if self.pending[request_id].complete():
+            return self.pending.pop(request_id)
+        return None
+
+    def refuse(self, request_id: str) -> None:
+        self.drop(request_id)
+        self.refused[request_id] = None
+        while len(self.refused) > MAX_REFUSED_IDS:
+            del self.refused[next(iter(self.refused))]
+
+    def drop(self, request_id: str) -> None:
+        assembly = self.pending.pop(request_id, None)
+        if assembly is not None:
+            assembly.hold.release()
+
+    def close(self) -> None:
+        for request_id in list(self.pending):
+            self.drop(request_id)
+
+
+def _chunked(
+    response: pb.InferResponse, outputs: Sequence[Encoded], chunk_bytes: int
+) -> list[pb.StreamResponse]:
     """A response as stream messages, outputs beyond ``chunk_bytes`` sent in chunks."""
-    rest: list[tuple[int, bytes]] = []
-    for index, output in enumerate(response.outputs):
-        if len(output.payload) > chunk_bytes:
-            rest.append((index, output.payload[chunk_bytes:]))
-            output.payload_size = len(output.payload)
-            output.payload = output.payload[:chunk_bytes]
+    rest: list[tuple[int, memoryview]] = []
+    for index, output in enumerate(outputs):
+        payload = memoryview(output.payload).cast("B")
+        message = tensor_to_proto(output, response.outputs.add(), payload=False)
+        message.payload = bytes(payload[:chunk_bytes])
+        if len(payload) > chunk_bytes:
+            rest.append((index, payload[chunk_bytes:]))
+            message.payload_size = len(payload)
     messages = [pb.StreamResponse(response=response)]
     for index, data in rest:
         for offset in range(0, len(data), chunk_bytes):
             chunk = pb.Chunk(
                 request_id=response.request_id,
                 tensor=index,
-                data=data[offset : offset + chunk_bytes],
+                data=bytes(data[offset : offset + chunk_bytes]),
             )
             messages.append(pb.StreamResponse(chunk=chunk))
     return messages
@@ -237,101 +399,49 @@ def _stream_error(request_id: str, exc: BaseException) -> pb.StreamResponse:
 
 @dataclass
 class _Assembly:
-    """A stream request whose tensors are still arriving."""
+    """A stream request whose tensors are still arriving, and its memory hold."""
 
     request: pb.InferRequest
     payloads: list[bytearray]
     sizes: list[int]
+    hold: Hold
+
+    def add(self, tensor: int, data: bytes | memoryview) -> str | None:
+        """Append one chunk of tensor ``tensor``; what is wrong with it, or None."""
+        if tensor >= len(self.payloads):
+            return f"chunk for tensor {tensor}, but the request has {len(self.payloads)}"
+        buffer = self.payloads[tensor]
+        if len(buffer) + len(data) > self.sizes[tensor]:
+            return f"chunks for tensor {tensor} exceed its payload_size {self.sizes[tensor]}"
+        buffer.extend(data)
+        return None
 
     def complete(self) -> bool:
         return all(len(p) == s for p, s in zip(self.payloads, self.sizes, strict=True))
 
 
-def _request_id(item: pb.StreamRequest) -> str:
-    kind = item.WhichOneof("item")
-    if kind == "request":
-        return item.request.request_id
-    if kind == "chunk":
-        return item.chunk.request_id
-    return ""
-
-
-def _assemble(
-    item: pb.StreamRequest, pending: dict[str, _Assembly], limits: HostLimits
-) -> tuple[pb.InferRequest, list[bytes]] | None:
-    """Add one stream message; returns a request once all its bytes have arrived."""
-    kind = item.WhichOneof("item")
-    if kind == "request":
-        request = item.request
-        if not request.request_id:
-            raise InvalidInputError("a stream request needs a request_id")
-        if request.request_id in pending:
-            raise InvalidInputError(f"request_id {request.request_id!r} is already in flight")
-        if len(pending) >= MAX_PENDING_STREAM_REQUESTS:
-            raise OverloadedError(
-                f"more than {MAX_PENDING_STREAM_REQUESTS} incomplete requests on this stream"
-            )
-        sizes = []
-        for tensor in request.tensors:
-            size = tensor.payload_size or len(tensor.payload)
-            if size > limits.max_tensor_bytes or len(tensor.payload) > size:
-                raise InvalidInputError(
-                    f"tensor {tensor.name!r}: payload_size {tensor.payload_size} is inconsistent "
-                    f"or over the limit of {limits.max_tensor_bytes} bytes"
-                )
-            sizes.append(size)
-        assembly = _Assembly(request, [bytearray(t.payload) for t in request.tensors], sizes)
-        pending[request.request_id] = assembly
-    elif kind == "chunk":
-        chunk = item.chunk
-        assembly = pending.get(chunk.request_id)  # type: ignore[assignment]
-        if assembly is None:
-            raise InvalidInputError(f"chunk for unknown request_id {chunk.request_id!r}")
-        if chunk.tensor >= len(assembly.payloads):
-            del pending[chunk.request_id]
-            raise InvalidInputError(
-                f"chunk for tensor {chunk.tensor}, but the request has {len(assembly.payloads)}"
-            )
-        buffer = assembly.payloads[chunk.tensor]
-        if len(buffer) + len(chunk.data) > assembly.sizes[chunk.tensor]:
-            del pending[chunk.request_id]
-            raise InvalidInputError(
-                f"chunks for tensor {chunk.tensor} exceed its payload_size "
-                f"{assembly.sizes[chunk.tensor]}"
-            )
-        buffer.extend(chunk.data)
-    else:
-        raise InvalidInputError("an empty stream message")
-    request_id = _request_id(item)
-    if pending[request_id].complete():
-        done = pending.pop(request_id)
-        return done.request, [bytes(p) for p in done.payloads]
-    return None
-
-
 def register_service(server: grpc.aio.Server, servicer: SplitInferenceServicer) -> None:
-    """The service's method handlers, registered by hand so that bytes which do not
-    parse reach the servicer (and become INVALID_ARGUMENT) instead of failing in
-    grpc with UNKNOWN. (An aio interceptor could do it for every service, but puts
-    every call on grpc's slow generic path: about 3 ms per MiB here.)"""
+    """The service's method handlers, registered by hand: every request reaches its
+    method as bytes, which runtime.fastwire reads with bounded work (grpc would parse
+    it with protobuf on the event loop, at any size, and answer bytes that do not
+    parse with UNKNOWN). Infer and Probe answer bytes too. (An aio interceptor could
+    do it for every service, but puts every call on grpc's slow generic path: about
+    3 ms per MiB here.)"""
+    serialize = pb.StreamResponse.SerializeToString
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Infer": grpc.unary_unary_rpc_method_handler(
             servicer.Infer, request_deserializer=same, response_serializer=same
         ),
         "InferStream": grpc.stream_stream_rpc_method_handler(
-            servicer.InferStream,
-            request_deserializer=lenient(pb.StreamRequest),
-            response_serializer=pb.StreamResponse.SerializeToString,
+            servicer.InferStream, request_deserializer=same, response_serializer=serialize
         ),
         "Describe": grpc.unary_unary_rpc_method_handler(
             servicer.Describe,
-            request_deserializer=lenient(pb.DescribeRequest),
+            request_deserializer=same,
             response_serializer=pb.DescribeResponse.SerializeToString,
         ),
         "Probe": grpc.unary_unary_rpc_method_handler(
-            servicer.Probe,
-            request_deserializer=lenient(pb.ProbeRequest),
-            response_serializer=pb.ProbeResponse.SerializeToString,
+            servicer.Probe, request_deserializer=same, response_serializer=same
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
@@ -365,6 +475,30 @@ def register_standard_services(
         )
 
 
+@dataclass(frozen=True)
+class Malformed:
+    """What request bytes that do not parse become, so that the RPC can refuse them."""
+
+    message: str
+
+
+def lenient(message_class: Any, limit: int = INLINE_BYTES) -> Callable[[bytes], Any]:
+    """A deserializer that never raises: bytes that do not parse, or more of them than
+    any request of ``message_class`` needs (parsed on the event loop), are Malformed."""
+
+    def parse(data: bytes) -> Any:
+        name = message_class.__name__
+        if len(data) > limit:
+            return Malformed(f"the request is {len(data)} bytes; a {name} takes at most {limit}")
+        try:
+            return message_class.FromString(data)
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return Malformed(f"the request is not a valid {name}: {text}")
+
+    return parse
+
+
 def _lenient_handler(
     method: Any, behaviour: Any, request: Any, response: Any
 ) -> grpc.RpcMethodHandler[Any, Any]:
@@ -375,15 +509,18 @@ def _lenient_handler(
         "response_serializer": response.SerializeToString,
     }
 
-    async def refused(request: Any, context: grpc.aio.ServicerContext) -> None:
+    def refused(request: Any, context: grpc.aio.ServicerContext) -> bool:
         if isinstance(request, Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            refuse(context, InvalidInputError(request.message))
+            return True
+        return False
 
     if method.client_streaming:
 
         async def parsed(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
             async for request in requests:
-                await refused(request, context)
+                if refused(request, context):
+                    return  # the servicer sees the end of its requests; the status stays
                 yield request
 
         async def streaming(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
@@ -399,14 +536,16 @@ def _lenient_handler(
     if inspect.isasyncgenfunction(behaviour):
 
         async def generating(request: Any, context: Any) -> AsyncIterator[Any]:
-            await refused(request, context)
+            if refused(request, context):
+                return
             async for answer in behaviour(request, context):
                 yield answer
 
         return grpc.unary_stream_rpc_method_handler(generating, **options)
 
     async def answering(request: Any, context: Any) -> Any:  # or writing, as Watch does
-        await refused(request, context)
+        if refused(request, context):
+            return None
         return await behaviour(request, context)
 
     make = (
@@ -434,12 +573,7 @@ async def create_server(
     unknown = set(protocols) - set(PROTOCOLS)
     if unknown or not protocols:
         raise ValueError(f"protocols must be among {', '.join(PROTOCOLS)}; got {sorted(unknown)}")
-    limits = host.limits
-    options = [
-        ("grpc.max_receive_message_length", limits.max_message_bytes),
-        ("grpc.max_send_message_length", limits.max_message_bytes),
-    ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=transport_options(host.limits))
     service = TailService(host, token=security.token, batching=batching, metrics=metrics)
     names = []
     if PROTOCOL in protocols:
@@ -463,12 +597,64 @@ async def create_server(
             root_certificates=security.client_ca,
             require_client_auth=security.client_ca is not None,
         )
-        port = server.add_secure_port(address, credentials)
+        add = lambda: server.add_secure_port(address, credentials)  # noqa: E731
     else:
-        port = server.add_insecure_port(address)
+        add = lambda: server.add_insecure_port(address)  # noqa: E731
+    check_address(address)
+    try:
+        port = add()
+    except RuntimeError:  # grpc's "Failed to bind": the check above saw the usual causes
+        port = 0
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return server, port
+
+
+def transport_options(limits: HostLimits) -> list[tuple[str, int]]:
+    """gRPC's settings for a server that faces clients it does not trust."""
+    return [
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+        # a port is this server's alone: with SO_REUSEPORT (grpc's default) a second
+        # server on it would start and take part of this one's connections
+        ("grpc.so_reuseport", 0),
+        # calls at once on one connection; grpc's overload protection (on by default)
+        # counts a reset stream until it is freed, so that a client opening and resetting
+        # streams (HTTP/2 rapid reset) is refused new ones instead of piling them up
+        ("grpc.max_concurrent_streams", limits.max_calls_per_connection),
+        # keepalive pings: a client may ping once a minute with no call open, more often
+        # only during calls; two pings too many end the connection (ENHANCE_YOUR_CALM)
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 60_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def check_address(address: str) -> None:
+    """OSError, saying why, when ``address`` (HOST:PORT) cannot be listened on: a port
+    out of range, a name that does not resolve, an address that is not this
+    machine's, or a port in use. grpc would only log a line of its own and fail."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise OSError(f"cannot listen on {address}: the port must be a number from 0 to 65535")
+    port = int(port_text)
+    host = host.strip("[]")
+    try:
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {address}: {host!r} does not resolve ({exc})") from None
+    family, kind, protocol, _, where = found[0]
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(where)
+        except OSError as exc:
+            why = {
+                errno.EADDRINUSE: "the port is in use (another server listens on it)",
+                errno.EADDRNOTAVAIL: "the address is not one of this machine's",
+                errno.EACCES: "permission denied (a port below 1024 needs privileges)",
+            }.get(exc.errno or 0, exc.strerror or str(exc))
+            raise OSError(f"cannot listen on {address}: {why}") from None
 
 
 class BackgroundServer:
@@ -515,6 +701,16 @@ class BackgroundServer:
         self.loop.close()
 
 
+@dataclass(frozen=True, kw_only=True)
+class MetricsOptions:
+    """Where the Prometheus metrics listen: their own host (loopback by default, apart
+    from the gRPC address), and whether they are served without the bearer token."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    open: bool = False
+
+
 async def serve(
     directories: Sequence[Path],
     host_address: str,
@@ -525,34 +721,42 @@ async def serve(
     session_options: SessionOptions | None = None,
     batching: BatchOptions = BatchOptions(),
     protocols: Sequence[str] = PROTOCOLS,
-    metrics_port: int | None = None,
+    metrics: MetricsOptions | None = None,
     grace_s: float = 5.0,
 ) -> None:
     """Serve until SIGTERM or SIGINT; the first stdout line says where (the second, with
-    ``metrics_port``, where the metrics are)."""
+    ``metrics``, where the metrics are). On a signal, calls already running have
+    ``grace_s`` seconds to finish; then the tails still running are stopped."""
+    security = security or Security()
     tails = TailHost(directories, limits=limits or HostLimits(), session_options=session_options)
-    metrics = Metrics()
+    counters = Metrics()
     server, bound = await create_server(
         f"{host_address}:{port}",
         tails,
-        security=security or Security(),
+        security=security,
         batching=batching,
-        metrics=metrics,
+        metrics=counters,
         protocols=protocols,
     )
     http = None
-    if metrics_port is not None:  # before serving: a port taken stops here
-        http, http_port = metrics.serve(host_address.strip("[]"), metrics_port)
+    if metrics is not None:  # before serving: a port taken stops here
+        token = None if metrics.open else security.token
+        check_address(f"{metrics.host}:{metrics.port}")
+        http, http_port = counters.serve(metrics.host.strip("[]"), metrics.port, token=token)
     await server.start()
     print(f"listening on {host_address}:{bound}", flush=True)
-    if http is not None:
-        print(f"metrics on http://{host_address}:{http_port}/metrics", flush=True)
+    if http is not None and metrics is not None:
+        print(f"metrics on http://{metrics.host}:{http_port}/metrics", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print("shutting down", file=sys.stderr, flush=True)
+    # a tail still running when the grace ends is stopped (ONNX Runtime's terminate
+    # flag), so that its worker thread does not hold the process up
+    loop.call_later(grace_s, tails.terminate)
     await server.stop(grace_s)
+    tails.terminate()
     if http is not None:
         http.shutdown()

@@ -1,8 +1,18 @@
-"""What every protocol of the server shares: admission, the bearer token, and one
-request's path through the tail (decode, batch or run, encode) with its metrics.
+"""What every protocol of the server shares: admission, the memory budget, the bearer
+token, and one request's path through the tail (decode, batch or run, encode) with
+its metrics.
 
 runtime.server (splitinfer.v1) and runtime.kserve (KServe v2) are thin servicers
 over a TailService; their answers differ only in the messages.
+
+Two rules keep one request from hurting the others. Memory: every byte a call
+makes the server hold (its request, decoded tensors, its answer until sent,
+buffered stream chunks) is reserved in the one budget (runtime.budget) before
+it is made and released when the call ends; what does not fit is refused at
+once. The event loop: a request's work runs on the loop only when it is small
+(INLINE_BYTES decoded, and a tail recently under INLINE_MS); anything larger
+(decompression, conversion, the tail, the answer's serialization) runs in a
+worker thread, after the request was admitted.
 """
 
 from __future__ import annotations
@@ -21,8 +31,14 @@ import grpc
 import numpy as np
 
 from runtime.batching import Batcher, BatchOptions
+from runtime.budget import Hold, MemoryBudget
 from runtime.codec import Codec, CodecSpec, Encoded
-from runtime.errors import DeadlineError, OverloadedError, SplitInferError, UnauthenticatedError
+from runtime.errors import (
+    DeadlineError,
+    OverloadedError,
+    SplitInferError,
+    UnauthenticatedError,
+)
 from runtime.metrics import Call, Metrics
 from runtime.status import status_of
 from runtime.tails import HostLimits, TailHost, check_response_codec
@@ -30,8 +46,10 @@ from runtime.tails import HostLimits, TailHost, check_response_codec
 # A tail that recently took less than this runs on the event loop itself: the hop
 # to a worker thread costs more. Longer ones run in a thread, leaving the loop free.
 INLINE_MS = 1.0
-INLINE_DECODE_BYTES = 64 * 1024  # compressed payloads beyond this decode in a thread
+INLINE_BYTES = 64 * 1024  # work on more decoded bytes than this leaves the event loop
 MAX_PENDING_STREAM_REQUESTS = 64  # per stream: requests running, or answers unsent
+MAX_STATUS_CHARS = 1024  # of a status message sent to a client
+SENT_COPIES = 2  # an answer is held twice until sent: our bytes and gRPC's copy
 
 T = TypeVar("T")
 log = logging.getLogger("splitinfer.server")
@@ -72,6 +90,46 @@ class Admission:
                 yield (time.perf_counter() - start) * 1000
 
 
+class Streams:
+    """Bounds the streaming calls open at once: per server, and per connection (one
+    client cannot take every stream the server allows)."""
+
+    def __init__(self, limits: HostLimits) -> None:
+        self.limits = limits
+        self.open = 0
+        self.by_peer: dict[str, int] = {}
+
+    def enter(self, context: grpc.aio.ServicerContext) -> Callable[[], None]:
+        """Count a stream in (OverloadedError beyond a bound); returns its release."""
+        peer = context.peer() or ""
+        if self.open >= self.limits.max_streams:
+            raise OverloadedError(
+                f"the server has {self.open} streams open, its limit: retry later"
+            )
+        if self.by_peer.get(peer, 0) >= self.limits.max_streams_per_connection:
+            raise OverloadedError(
+                f"this connection has {self.by_peer[peer]} streams open, the most one "
+                "connection may: send more requests on each stream instead"
+            )
+        self.open += 1
+        self.by_peer[peer] = self.by_peer.get(peer, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.open -= 1
+            left = self.by_peer[peer] - 1
+            if left:
+                self.by_peer[peer] = left
+            else:
+                del self.by_peer[peer]
+
+        return release
+
+
 def _check_deadline(context: grpc.aio.ServicerContext) -> None:
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
@@ -90,7 +148,8 @@ class Answer:
 
 
 class TailService:
-    """Runs requests for a TailHost under admission, batching where the tail allows."""
+    """Runs requests for a TailHost under admission and the memory budget, batching
+    where the tail allows."""
 
     def __init__(
         self,
@@ -103,24 +162,57 @@ class TailService:
         self.host = host
         batches = batching.enabled and not host.exact
         self.admission = Admission(host.limits, batching.max_batch if batches else 1)
+        self.budget = MemoryBudget(host.limits.max_memory_bytes)
+        self.streams = Streams(host.limits)
         self.batching = batching
         self.metrics = metrics or Metrics()
         self.metrics.known = {
             (name, cut) for name, served in host.models.items() for cut in served.sessions
         }
+        self.metrics.watch_budget(self.budget)
         self.token = None if token is None else b"Bearer " + token.encode()
         self.cost_ms: dict[tuple[str, str], float] = {}  # recent time per (model, cut)
         self.batchers: dict[tuple[str, str], Batcher | None] = {}
 
     def authorize(self, context: grpc.aio.ServicerContext) -> None:
-        """The bearer token, when the server has one (constant-time comparison)."""
+        """The bearer token, when the server has one (constant-time comparison). Exactly
+        one ``authorization`` value: with two, a proxy that checks the first and this
+        server would disagree about who is calling."""
         if self.token is None:
             return
-        metadata = dict(context.invocation_metadata() or ())
-        value = metadata.get("authorization", "")
+        values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+        if len(values) > 1:
+            raise UnauthenticatedError(
+                f"{len(values)} authorization headers; send exactly one bearer token"
+            )
+        value = values[0] if values else ""
         given = value.encode() if isinstance(value, str) else bytes(value)
         if not hmac.compare_digest(given, self.token):
             raise UnauthenticatedError("missing or wrong bearer token")
+
+    def begin(self, context: grpc.aio.ServicerContext, nbytes: int, what: str) -> Hold:
+        """A hold for one call, released when the call ends (answered, refused or
+        cancelled), holding ``nbytes`` already: the request as received."""
+        hold = self.budget.hold()
+
+        def ended(ctx: grpc.aio.ServicerContext[Any, Any]) -> None:
+            hold.release()
+
+        context.add_done_callback(ended)  # type: ignore[arg-type]  # the stub wants its own class
+        hold.grow(nbytes, what)
+        return hold
+
+    def max_batch_size(self, model: str, cut: str) -> int:
+        """The most samples one request of this tail may carry (0: the tail has no batch
+        dimension): the ``max_batch_size`` the KServe model configuration advertises,
+        and the most samples one ONNX Runtime call runs."""
+        if self.host.batch_axis_symbol(model, cut) is None:
+            return 0
+        return self.batching.max_batch
+
+    def check(self, model: str, cut: str, tensors: Sequence[Encoded]) -> None:
+        """Everything that can be checked before anything is decoded or held."""
+        self.host.check(model, cut, tensors, max_samples=self.max_batch_size(model, cut) or None)
 
     def batcher(self, model: str, cut: str) -> Batcher | None:
         """The tail's batcher; None when batching is off or the tail cannot stack."""
@@ -134,13 +226,38 @@ class TailService:
                 None
                 if symbol is None
                 else Batcher(
-                    lambda feeds: self._compute(model, cut, feeds),
+                    lambda feeds: self._compute(model, cut, feeds, math.inf),
                     self.batching,
                     self.admission.slots,
                     lambda size: self.metrics.batch(model, cut, size),
                 )
             )
         return self.batchers[key]
+
+    async def offload(self, work: Callable[[], T], nbytes: int) -> T:
+        """``work`` on the event loop when it touches at most INLINE_BYTES, else in a
+        worker thread, counted in admission while it runs."""
+        if nbytes <= INLINE_BYTES:
+            return work()
+        async with self.admission.admit():
+            return await _off_loop(work, nbytes)
+
+    async def stream(
+        self, context: grpc.aio.ServicerContext, answers: Callable[[], AsyncIterator[T]]
+    ) -> AsyncIterator[T]:
+        """A streaming call's ``answers``, once the token is checked and the stream
+        counted in (Streams); refused with its status otherwise."""
+        try:
+            self.authorize(context)
+            release = self.streams.enter(context)
+        except SplitInferError as exc:
+            refuse(context, exc)
+            return
+        try:
+            async for answer in answers():
+                yield answer
+        finally:
+            release()
 
     async def infer(
         self,
@@ -149,26 +266,48 @@ class TailService:
         tensors: Sequence[Encoded],
         response_codec: CodecSpec | None,
         context: grpc.aio.ServicerContext,
+        hold: Hold,
     ) -> Answer:
-        """Check, then run one request: on its own, or stacked with others in a batch."""
+        """Check, then run one request: on its own, or stacked with others in a batch.
+        ``hold`` grows by what decoding allocates and by the encoded outputs."""
         _check_deadline(context)
         response_codec = check_response_codec(response_codec)
-        self.host.check(model, cut, tensors)  # refuse before queueing
+        self.check(model, cut, tensors)  # refuse before holding or queueing anything
+        hold.grow(decoded_bytes(tensors), "the request's decoded tensors")
+        size = tensor_bytes(tensors)
         batcher = self.batcher(model, cut)
         if batcher is None:
-            return await self._alone(model, cut, tensors, response_codec, context)
+            answer = await self._alone(model, cut, tensors, response_codec, context, size)
+        else:
+            answer = await self._batched(
+                batcher, model, cut, tensors, response_codec, context, size
+            )
+        hold.grow(sum(len(o.payload) for o in answer.outputs), "the answer's tensors")
+        return answer
+
+    async def _batched(
+        self,
+        batcher: Batcher,
+        model: str,
+        cut: str,
+        tensors: Sequence[Encoded],
+        response_codec: CodecSpec,
+        context: grpc.aio.ServicerContext,
+        size: int,
+    ) -> Answer:
         async with self.admission.admit():
             start = time.perf_counter()
-            if any(t.codec != Codec.RAW and len(t.payload) > INLINE_DECODE_BYTES for t in tensors):
-                feeds = await asyncio.to_thread(self.host.decode, model, cut, tensors)
-            else:
-                feeds = self.host.decode(model, cut, tensors)
+            feeds = await _off_loop(lambda: self.host.decode(model, cut, tensors), size)
             decode_ms = (time.perf_counter() - start) * 1000
+            _check_deadline(context)
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
             batched = await batcher.submit(feeds, deadline)
+            del feeds
             start = time.perf_counter()
-            outputs = self.host.encode(model, cut, batched.outputs, response_codec)
+            encode = lambda: self.host.encode(model, cut, batched.outputs, response_codec)  # noqa: E731
+            out = sum(v.nbytes for v in batched.outputs.values() if isinstance(v, np.ndarray))
+            outputs = await _off_loop(encode, out)
             encode_ms = (time.perf_counter() - start) * 1000
         return Answer(outputs, batched.queue_ms, decode_ms, batched.compute_ms, encode_ms)
 
@@ -179,25 +318,27 @@ class TailService:
         tensors: Sequence[Encoded],
         response_codec: CodecSpec,
         context: grpc.aio.ServicerContext,
+        size: int,
     ) -> Answer:
         async with self.admission.slot(context) as queued_ms:
             work = lambda: self.host.run(model, cut, tensors, response_codec)  # noqa: E731
-            outputs, timing = await self._maybe_inline((model, cut), work)
+            outputs, timing = await self._maybe_inline((model, cut), work, size)
         # a run of a tail without a batch dimension is one run of one request
         stacks = self.host.batch_axis_symbol(model, cut) is not None
         self.metrics.batch(model, cut, _samples(tensors) if stacks else 1)
         return Answer(outputs, queued_ms, timing.decode_ms, timing.compute_ms, timing.encode_ms)
 
     async def _compute(
-        self, model: str, cut: str, feeds: dict[str, np.ndarray]
+        self, model: str, cut: str, feeds: dict[str, np.ndarray], size: float
     ) -> dict[str, np.ndarray]:
-        return await self._maybe_inline((model, cut), lambda: self.host.compute(model, cut, feeds))
+        work = lambda: self.host.compute(model, cut, feeds)  # noqa: E731
+        return await self._maybe_inline((model, cut), work, size)
 
-    async def _maybe_inline(self, key: tuple[str, str], work: Callable[[], T]) -> T:
-        """Run ``work`` on the loop when the tail is cheap, else in a worker thread; the
-        time it took updates the tail's recent cost."""
+    async def _maybe_inline(self, key: tuple[str, str], work: Callable[[], T], size: float) -> T:
+        """Run ``work`` on the loop when the tail is cheap and its tensors small, else in a
+        worker thread; the time it took updates the tail's recent cost."""
         start = time.perf_counter()
-        if self.cost_ms.get(key, math.inf) < INLINE_MS:
+        if size <= INLINE_BYTES and self.cost_ms.get(key, math.inf) < INLINE_MS:
             result = work()  # cheaper than the hop to a worker thread
         else:
             running = asyncio.ensure_future(asyncio.to_thread(work))
@@ -212,30 +353,55 @@ class TailService:
         return result
 
 
+async def _off_loop(work: Callable[[], T], nbytes: int) -> T:
+    """``work`` here when it touches at most INLINE_BYTES, else in a worker thread."""
+    return work() if nbytes <= INLINE_BYTES else await asyncio.to_thread(work)
+
+
+def tensor_bytes(tensors: Sequence[Encoded]) -> int:
+    """The tensors' decoded size (shape x dtype, checked before this is asked)."""
+    return sum(math.prod(t.shape) * np.dtype(t.dtype).itemsize for t in tensors)
+
+
+def decoded_bytes(tensors: Sequence[Encoded]) -> int:
+    """What decoding the tensors allocates: compressed ones are decoded into new
+    arrays; raw ones are read in place, as views of the request's bytes."""
+    return tensor_bytes([t for t in tensors if t.codec is not Codec.RAW])
+
+
 def _samples(tensors: Sequence[Encoded]) -> int:
     shape = tensors[0].shape if tensors else ()
     return int(shape[0]) if shape else 1
 
 
 def status_and_message(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """What a client is told of ``exc``: a splitinfer error's own status and message;
-    for anything else INTERNAL, with the traceback in the server's log only."""
+    """What a client is told of ``exc``: a splitinfer error's own status and message
+    (at most MAX_STATUS_CHARS of it); for anything else INTERNAL, with the traceback
+    in the server's log only."""
     if isinstance(exc, SplitInferError):
-        return status_of(exc), exc.message
+        message = exc.message
+        if len(message) > MAX_STATUS_CHARS:
+            message = message[:MAX_STATUS_CHARS] + "..."
+        return status_of(exc), message
     log.exception("internal error", exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error (logged on the server)"
 
 
-async def checked(check: Callable[..., None], *args: Any) -> None:
-    """``check(*args)`` as an awaitable, for ``respond``: a stream's checks before it
-    starts answer with their status like a unary call's."""
-    check(*args)
+def refuse(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """End the call with ``exc``'s status. Not ``context.abort``: the AbortError it
+    raises is kept by the call's state and its traceback holds the handler's frames,
+    a reference cycle that keeps the request's bytes until the garbage collector
+    runs; a status set here is sent when the handler returns, and the bytes go then."""
+    code, message = status_and_message(exc)
+    context.set_code(code)
+    context.set_details(message)
 
 
 async def respond(
     context: grpc.aio.ServicerContext, work: Awaitable[Any], call: Call | None = None
 ) -> Any:
-    """Run ``work``; turn a splitinfer error into its status, anything else into INTERNAL.
+    """Run ``work``; a splitinfer error becomes its status, anything else INTERNAL (and
+    the call returns None: gRPC sends no message with a status that is not OK).
     ``call``, when given, records the request's outcome in the metrics."""
     try:
         result = await work
@@ -244,44 +410,26 @@ async def respond(
             call.done(grpc.StatusCode.CANCELLED.name)
         raise
     except Exception as exc:
-        code, message = status_and_message(exc)
-    else:
+        refuse(context, exc)
         if call is not None:
-            call.done(grpc.StatusCode.OK.name)
-        return result
+            call.done(status_and_message(exc)[0].name)
+        return None
     if call is not None:
-        call.done(code.name)
-    await context.abort(code, message)
-
-
-@dataclass(frozen=True)
-class Malformed:
-    """What request bytes that do not parse become, so that the RPC can refuse them."""
-
-    message: str
+        call.done(grpc.StatusCode.OK.name)
+    return result
 
 
 def same(data: bytes) -> bytes:
     return data
 
 
-def lenient(message_class: Any) -> Callable[[bytes], Any]:
-    def parse(data: bytes) -> Any:
-        try:
-            return message_class.FromString(data)
-        except Exception as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return Malformed(f"the request is not a valid {message_class.__name__}: {text}")
-
-    return parse
-
-
 def answer_queue() -> asyncio.Queue[Any]:
-    """Where a stream's answers (or their chunks) wait to be sent. Bounded: when the
-    client does not read them, the requests' tasks wait to put theirs, ``spawn``
-    stops taking new requests, and gRPC's flow control then stops the client's
-    sending; the server holds at most MAX_PENDING_STREAM_REQUESTS running requests
-    and as many messages waiting, not every answer of a stream nobody reads."""
+    """Where a stream's answers (or their chunks) wait to be sent, each with the hold
+    of its request. Bounded: when the client does not read them, the requests'
+    tasks wait to put theirs, ``spawn`` stops taking new requests, and gRPC's flow
+    control then stops the client's sending; the server holds at most
+    MAX_PENDING_STREAM_REQUESTS running requests and as many messages waiting, all
+    in the memory budget, not every answer of a stream nobody reads."""
     return asyncio.Queue(maxsize=MAX_PENDING_STREAM_REQUESTS)
 
 
@@ -300,9 +448,10 @@ async def stream_answers(
     tasks: set[asyncio.Task[None]],
 ) -> AsyncIterator[Any]:
     """A bidirectional stream's answers: ``read`` takes the requests in, starting a
-    task (``spawn``) per request that puts its answer in ``answers`` (``answer_queue``).
-    The stream ends once every task has answered; when the caller goes, the tasks are
-    cancelled."""
+    task (``spawn``) per request that puts its answer in ``answers`` (``answer_queue``)
+    as a (message, hold) pair; the hold is released once the message is sent. The
+    stream ends once every task has answered; when the caller goes, the tasks are
+    cancelled and every hold still queued is released."""
 
     async def reading() -> None:
         # cancelled when the caller goes: then nothing is put (the queue may be full)
@@ -316,9 +465,16 @@ async def stream_answers(
 
     reader = asyncio.create_task(reading())
     try:
-        while (answer := await answers.get()) is not None:
-            yield answer
+        while (item := await answers.get()) is not None:
+            message, hold = item
+            yield message
+            if hold is not None:
+                hold.release()
     finally:
         reader.cancel()
         for task in tasks:
             task.cancel()
+        while not answers.empty():
+            item = answers.get_nowait()
+            if item is not None and item[1] is not None:
+                item[1].release()

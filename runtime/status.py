@@ -11,6 +11,7 @@ from runtime.errors import (
     NotFoundError,
     OverloadedError,
     RemoteError,
+    ShuttingDownError,
     SplitInferError,
     UnauthenticatedError,
     UnavailableError,
@@ -23,6 +24,7 @@ STATUS_OF: dict[type[SplitInferError], grpc.StatusCode] = {
     OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineError: grpc.StatusCode.DEADLINE_EXCEEDED,
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
 }
 
 _ERROR_OF: dict[grpc.StatusCode, type[SplitInferError]] = {

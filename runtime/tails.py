@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,14 @@ import onnxruntime as ort
 from runtime.artifacts import CutArtifact, Manifest, TensorSpec, load_manifest
 from runtime.codec import Codec, CodecSpec, Encoded, decode, encode
 from runtime.engine import SessionOptions, example_feeds, inside, make_session, run_session
-from runtime.errors import ArtifactError, CodecError, InvalidInputError, NotFoundError
+from runtime.errors import (
+    ArtifactError,
+    CodecError,
+    InvalidInputError,
+    NotFoundError,
+    ShuttingDownError,
+    shown,
+)
 
 MiB = 1 << 20
 log = logging.getLogger("splitinfer.server")
@@ -31,13 +39,23 @@ log = logging.getLogger("splitinfer.server")
 
 @dataclass(frozen=True, kw_only=True)
 class HostLimits:
-    """What one server takes. Message sizes are gRPC's; tensor bytes are decoded sizes."""
+    """What one server takes. Message sizes are gRPC's; tensor bytes are decoded sizes.
 
-    max_message_bytes: int = 256 * MiB
+    ``max_message_bytes`` also bounds how long gRPC itself holds the event loop to
+    take in one message (about 1.5 ms per MiB on a 2-core machine): a larger tensor
+    travels in chunks on InferStream. ``max_memory_bytes`` is the one budget for
+    everything requests make the server hold (runtime.budget).
+    """
+
+    max_message_bytes: int = 16 * MiB
     max_tensor_bytes: int = 1024 * MiB
+    max_memory_bytes: int = 1024 * MiB
     max_concurrent: int = 2  # tails computing at once
     max_queued: int = 32  # requests waiting for a worker; beyond: RESOURCE_EXHAUSTED
-    max_probe_bytes: int = 16 * MiB
+    max_probe_bytes: int = 4 * MiB  # a probe's payload, each way
+    max_streams: int = 64  # InferStream and ModelStreamInfer calls open at once
+    max_streams_per_connection: int = 8
+    max_calls_per_connection: int = 100  # HTTP/2 streams at once (gRPC's max_concurrent_streams)
 
 
 @dataclass
@@ -74,6 +92,9 @@ class TailHost:
         # exact: no graph optimizations, so that answers are bit-identical to a local run
         self.exact = session_options is not None and not session_options.optimize
         self.models: dict[str, ServedModel] = {}
+        self._running: set[ort.RunOptions] = set()  # of the tails running now
+        self._lock = threading.Lock()
+        self._stopping = False
         for directory in directories:
             served = ServedModel(Path(directory), load_manifest(directory))
             if served.name in self.models:
@@ -94,7 +115,7 @@ class TailHost:
         served = self.models.get(name)
         if served is None:
             hosted = ", ".join(sorted(self.models)) or "none"
-            raise NotFoundError(f"no model {name!r} on this server; it hosts: {hosted}")
+            raise NotFoundError(f"no model {shown(name)} on this server; it hosts: {hosted}")
         return served
 
     def cut(self, model: str, cut_id: str) -> tuple[ServedModel, CutArtifact]:
@@ -103,26 +124,35 @@ class TailHost:
             if cut.id == cut_id:
                 if cut_id not in served.sessions:
                     raise NotFoundError(
-                        f"cut {cut_id!r} of {model!r} runs entirely on the device: "
+                        f"cut {shown(cut_id)} of {shown(model)} runs entirely on the device: "
                         "this server has no tail for it"
                     )
                 return served, cut
         served_ids = ", ".join(served.sessions) or "none"
-        raise NotFoundError(f"no cut {cut_id!r} in model {model!r}; served cuts: {served_ids}")
+        raise NotFoundError(
+            f"no cut {shown(cut_id)} in model {shown(model)}; served cuts: {served_ids}"
+        )
 
-    def check(self, model: str, cut_id: str, tensors: Sequence[Encoded]) -> CutArtifact:
-        """Everything that can be checked before decoding; raises a RequestError."""
+    def check(
+        self,
+        model: str,
+        cut_id: str,
+        tensors: Sequence[Encoded],
+        max_samples: int | None = None,
+    ) -> CutArtifact:
+        """Everything that can be checked before decoding; raises a RequestError.
+        ``max_samples`` bounds the batch dimension (the tail's max_batch_size)."""
         _, cut = self.cut(model, cut_id)
         expected = {t.name: t for t in cut.tensors}
         names = [t.name for t in tensors]
         if len(set(names)) != len(names):
             twice = next(n for n in names if names.count(n) > 1)
-            raise InvalidInputError(f"tensor {twice!r} appears twice in the request")
+            raise InvalidInputError(f"tensor {shown(twice)} appears twice in the request")
         wanted = ", ".join(expected)
         unexpected = [n for n in names if n not in expected]
         if unexpected:
             raise InvalidInputError(
-                f"unexpected tensor {unexpected[0]!r}: cut {cut_id!r} takes exactly [{wanted}]"
+                f"unexpected tensor {shown(unexpected[0])}: cut {cut_id!r} takes exactly [{wanted}]"
             )
         missing = [n for n in expected if n not in names]
         if missing:
@@ -132,22 +162,30 @@ class TailHost:
         symbols: dict[str, tuple[int, str]] = {}
         for tensor in tensors:
             self._check_tensor(tensor, expected[tensor.name], symbols)
+        batch = self.batch_axis_symbol(model, cut_id)
+        if max_samples is not None and batch in symbols:
+            samples, name = symbols[batch]
+            if samples > max_samples:
+                raise InvalidInputError(
+                    f"tensor {shown(name)} carries {samples} samples; this server takes at most "
+                    f"{max_samples} in one request (the tail's max_batch_size): send fewer"
+                )
         return cut
 
     def _check_tensor(
         self, tensor: Encoded, spec: TensorSpec, symbols: dict[str, tuple[int, str]]
     ) -> None:
-        where = f"tensor {tensor.name!r}"
+        where = f"tensor {shown(tensor.name)}"
         if tensor.dtype != spec.dtype:
             raise InvalidInputError(
-                f"{where}: expected dtype {spec.dtype}, received {tensor.dtype}"
+                f"{where}: expected dtype {spec.dtype}, received {tensor.dtype[:32]}"
             )
         shape = list(tensor.shape)
         if spec.shape is not None:
             if len(shape) != len(spec.shape):
                 raise InvalidInputError(
                     f"{where}: expected rank {len(spec.shape)} ({_show(spec.shape)}), "
-                    f"received rank {len(shape)} ({shape})"
+                    f"received rank {len(shape)} ({_show(shape)})"
                 )
             for axis, (want, got) in enumerate(zip(spec.shape, shape, strict=True)):
                 if got < 0:
@@ -155,22 +193,24 @@ class TailHost:
                 if isinstance(want, int) and want != got:
                     raise InvalidInputError(
                         f"{where} has mismatch on dim={axis}: expected {want} "
-                        f"({_show(spec.shape)}), received {got} ({shape})"
+                        f"({_show(spec.shape)}), received {got} ({_show(shape)})"
                     )
                 if isinstance(want, str):
                     seen = symbols.setdefault(want, (got, tensor.name))
                     if seen[0] != got:
                         raise InvalidInputError(
-                            f"{where}: dimension {want!r} is {got}, but {seen[1]!r} has it as "
+                            f"{where}: dimension {want!r} is {got}, but {shown(seen[1])} has it as "
                             f"{seen[0]}"
                         )
         if any(d < 0 for d in shape):
-            raise InvalidInputError(f"{where}: dimensions must be non-negative, received {shape}")
+            raise InvalidInputError(
+                f"{where}: dimensions must be non-negative, received {_show(shape)}"
+            )
         nbytes = math.prod(shape) * np.dtype(spec.dtype).itemsize
         if nbytes > self.limits.max_tensor_bytes:
             raise InvalidInputError(
-                f"{where} of shape {shape} would take {nbytes} bytes, more than this server's "
-                f"limit of {self.limits.max_tensor_bytes}"
+                f"{where} of shape {_show(shape)} would take {nbytes} bytes, more than this "
+                f"server's limit of {self.limits.max_tensor_bytes}"
             )
 
     def run(
@@ -201,9 +241,31 @@ class TailHost:
     def compute(
         self, model: str, cut_id: str, feeds: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
-        """Run the tail on decoded feeds: every output by name."""
+        """Run the tail on decoded feeds: every output by name. ShuttingDownError once
+        ``terminate`` has been called (a run it stopped included)."""
         served, _ = self.cut(model, cut_id)
-        return run_session(served.sessions[cut_id], feeds)
+        options = ort.RunOptions()
+        with self._lock:
+            if self._stopping:
+                raise ShuttingDownError("the server is shutting down")
+            self._running.add(options)
+        try:
+            return run_session(served.sessions[cut_id], feeds, options)
+        except Exception:
+            if self._stopping:  # ONNX Runtime's own error says only that it was told to
+                raise ShuttingDownError("the server is shutting down") from None
+            raise
+        finally:
+            with self._lock:
+                self._running.discard(options)
+
+    def terminate(self) -> None:
+        """Stop every running tail (ONNX Runtime checks between nodes) and refuse new
+        runs: a server that is shutting down does not wait for long tails."""
+        with self._lock:
+            self._stopping = True
+            for options in self._running:
+                options.terminate = True
 
     def encode(
         self,
@@ -259,5 +321,9 @@ def _encode_output(name: str, value: object, spec: CodecSpec) -> Encoded:
     return encode(value, codec, name=name)
 
 
-def _show(shape: Sequence[object]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
+def _show(shape: Sequence[object], most: int = 8) -> str:
+    """A shape as messages show it: a client's may have thousands of dimensions."""
+    dims = [str(d) for d in shape[:most]]
+    if len(shape) > most:
+        dims.append(f"... ({len(shape)} dimensions)")
+    return "[" + ", ".join(dims) + "]"

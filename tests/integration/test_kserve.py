@@ -168,10 +168,13 @@ def test_metadata_config_and_index_describe_each_tail(artifacts, server):
             ]
             assert [t.name for t in metadata.outputs] == [p.name for p in outputs]
             config = client.get_model_config(name).config
-            assert config.max_batch_size == 0  # an exact server does not batch: full dims
+            # the bound on samples per request, dims without the batch; an exact server
+            # runs each request alone: no dynamic batching
+            assert config.max_batch_size == 32
             assert [(i.name, list(i.dims)) for i in config.input] == [
-                (p.name, list(p.dims)) for p in inputs
+                (p.name, list(p.dims[1:])) for p in inputs
             ]
+            assert not config.HasField("dynamic_batching")
             assert config.input[0].data_type == mc.TYPE_FP32
         assert client.get_server_metadata().name == "splitinfer"
         assert not client.is_model_ready("adaptive__cloud", model_version="7")

@@ -341,7 +341,7 @@ def test_an_expired_deadline_is_not_computed(resnet_artifacts, serve):
 def test_beyond_the_queue_bound_requests_are_refused_at_once(resnet_artifacts, serve):
     directory, _ = resnet_artifacts
     host = GatedHost([directory], limits=HostLimits(max_concurrent=1, max_queued=1))
-    server = serve(host, batching=BatchOptions(max_batch=1))  # a batch would hold them all
+    server = serve(host, batching=BatchOptions(dynamic=False))  # a batch would hold them all
     with SplitClient(server.target) as client, ThreadPoolExecutor(4) as pool:
         manifest, cut, tensors = _good(client, directory)
         waiting = [

@@ -74,7 +74,7 @@ def test_concurrent_requests_run_as_batches_whose_answers_match_unbatched_ones(a
     directory, _ = artifacts
     # a slow batch window makes the stacking certain on a busy 2-core machine
     batched = serve(TailHost([directory]), batching=BatchOptions(max_batch=32, max_delay_ms=50))
-    alone = serve(TailHost([directory]), batching=BatchOptions(max_batch=1))
+    alone = serve(TailHost([directory]), batching=BatchOptions(dynamic=False))
     xs = [_x(1, seed) for seed in range(16)]
 
     def ask(server):
