@@ -10,7 +10,12 @@ all hold :class:`Hold` objects of the same budget.
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import os
+import platform
 import threading
+from typing import Any
 
 from runtime.errors import OverloadedError
 
@@ -95,3 +100,52 @@ def _size(nbytes: int) -> str:
     if nbytes >= MiB:
         return f"{nbytes / MiB:.1f} MiB"
     return f"{nbytes} bytes"
+
+
+class Trimmer:
+    """Gives freed memory back to the operating system. glibc's malloc keeps what a
+    request freed in its heaps (gRPC reads a message in thousands of small slices,
+    which never come from mmap), so after a burst of large requests the resident
+    set stays high although nothing holds the bytes; ``malloc_trim`` returns the
+    free pages. Called now and then by the server, it trims when the resident set
+    grew by ``slack`` bytes since the last trim. Does nothing off glibc."""
+
+    def __init__(self, slack: int = 32 * MiB) -> None:
+        self.slack = slack
+        self._trim = _malloc_trim()
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self.baseline = self.rss()
+
+    def rss(self) -> int:
+        """This process's resident set (bytes), 0 where /proc is not there."""
+        try:
+            with open("/proc/self/statm") as statm:
+                return int(statm.read().split()[1]) * self._page
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def due(self) -> bool:
+        return self._trim is not None and self.rss() > self.baseline + self.slack
+
+    def trim(self) -> None:
+        """Trim now (blocking: call it from a worker thread; ctypes lets the GIL go)."""
+        if self._trim is not None:
+            self._trim(0)
+        self.baseline = self.rss()
+
+
+def _malloc_trim() -> Any:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+async def keep_trimmed(trimmer: Trimmer, every_s: float = 1.0) -> None:
+    """Run forever (cancel to stop): trim whenever the resident set grew."""
+    while True:
+        await asyncio.sleep(every_s)
+        if trimmer.due():
+            await asyncio.to_thread(trimmer.trim)

@@ -6,17 +6,19 @@ the grpc.RpcError as the cause.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
 
 from runtime import fastwire
 from runtime.codec import Encoded, decode
+from runtime.errors import RemoteError
 from runtime.protocol import tensor_from_proto, tensor_to_proto
 from runtime.status import error_for, error_from_rpc
 from runtime.wire import splitinfer_pb2 as pb
@@ -24,6 +26,9 @@ from runtime.wire import splitinfer_pb2_grpc as pb_grpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
 DEFAULT_CHUNK_BYTES = 1 << 20
+# what a server takes in one message by default (runtime.tails.HostLimits); a larger
+# request goes in chunks on InferStream
+SERVER_MESSAGE_BYTES = 4 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +94,7 @@ class SplitClient:
         )
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.target = target
+        self.max_request_bytes = SERVER_MESSAGE_BYTES  # the server's, when Describe says
 
     def __enter__(self) -> SplitClient:
         return self
@@ -117,16 +123,15 @@ class SplitClient:
         request_id: str = "",
     ) -> Reply:
         """Run ``cut``'s tail on ``tensors``; raises a splitinfer error on failure."""
-        header = pb.InferRequest(
-            model=model, cut=cut, request_id=request_id, response_codec=response_codec
+        pending = self.start_infer(
+            model,
+            cut,
+            tensors,
+            response_codec=response_codec,
+            timeout=timeout,
+            request_id=request_id,
         )
-        request = fastwire.write(header, tensors)
-        start = time.perf_counter()
-        try:
-            data = self._infer(request, timeout=timeout, metadata=self.metadata)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
-        return _parse_reply(data, (time.perf_counter() - start) * 1000)
+        return pending.result()
 
     def start_infer(
         self,
@@ -134,13 +139,24 @@ class SplitClient:
         cut: str,
         tensors: Sequence[Encoded],
         *,
+        response_codec: str = "raw",
         timeout: float | None = None,
         request_id: str = "",
     ) -> Pending:
-        """Send an Infer call and return at once; ``Pending.result()`` waits for it."""
-        header = pb.InferRequest(model=model, cut=cut, request_id=request_id)
+        """Send an Infer call and return at once; ``Pending.result()`` waits for it. A
+        request larger than the server takes in one message (``max_request_bytes``)
+        goes on an InferStream of its own, in chunks."""
+        header = pb.InferRequest(
+            model=model, cut=cut, request_id=request_id, response_codec=response_codec
+        )
         request = fastwire.write(header, tensors)
-        return Pending(self._infer.future(request, timeout=timeout, metadata=self.metadata))
+        if len(request) <= self.max_request_bytes:
+            return Pending(self._infer.future(request, timeout=timeout, metadata=self.metadata))
+        del request
+        stream = _Streamed(self, model, cut, tensors, response_codec, timeout)
+        return Pending(
+            stream, lambda reply, round_trip_ms: replace(reply, round_trip_ms=round_trip_ms)
+        )
 
     def infer_stream(
         self,
@@ -148,18 +164,34 @@ class SplitClient:
         *,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         timeout: float | None = None,
+        response_codec: str = "raw",
     ) -> Iterator[Reply | Exception]:
         """Send many (model, cut, tensors) requests over one stream, payloads in chunks
         of ``chunk_bytes``; yields a Reply or the error of each, as they complete."""
-        start = time.perf_counter()
+        call = self._stream_call(requests, chunk_bytes, timeout, response_codec)
+        return self.replies(call)
 
+    def _stream_call(
+        self,
+        requests: Iterable[tuple[str, str, Sequence[Encoded]]],
+        chunk_bytes: int,
+        timeout: float | None,
+        response_codec: str,
+    ) -> Any:
         def messages() -> Iterator[pb.StreamRequest]:
             for model, cut, tensors in requests:
-                yield from stream_messages(model, cut, tensors, uuid.uuid4().hex, chunk_bytes)
+                yield from stream_messages(
+                    model, cut, tensors, uuid.uuid4().hex, chunk_bytes, response_codec
+                )
 
+        return self.stub.InferStream(messages(), timeout=timeout, metadata=self.metadata)
+
+    def replies(self, call: Any) -> Iterator[Reply | Exception]:
+        """The Replies (or errors) of an InferStream call, each once all of it arrived."""
+        start = time.perf_counter()
         partial: dict[str, tuple[pb.InferResponse, list[bytearray]]] = {}
         try:
-            for item in self.stub.InferStream(messages(), timeout=timeout, metadata=self.metadata):
+            for item in call:
                 kind = item.WhichOneof("item")
                 if kind == "error":
                     yield error_for(_status(item.error.code), item.error.message)
@@ -207,11 +239,66 @@ class SplitClient:
         return (time.perf_counter() - start) * 1000, response.server_ms
 
 
+class CallFuture(Protocol):
+    """What Pending waits on: a unary call's grpc future, or a _Streamed request."""
+
+    def result(self, timeout: float | None = None) -> Any: ...
+
+    def done(self) -> bool: ...
+
+    def cancel(self) -> bool: ...
+
+
+class _Streamed:
+    """One request sent on an InferStream of its own, with the interface of a unary
+    call's future (``result``, ``done``, ``cancel``) for Pending."""
+
+    def __init__(
+        self,
+        client: SplitClient,
+        model: str,
+        cut: str,
+        tensors: Sequence[Encoded],
+        response_codec: str,
+        timeout: float | None,
+    ) -> None:
+        self._call = client._stream_call(
+            [(model, cut, tensors)], DEFAULT_CHUNK_BYTES, timeout, response_codec
+        )
+        self._replies = client.replies(self._call)
+        self._done = threading.Event()
+        self._answer: Reply | Exception | None = None
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    def _collect(self) -> None:
+        try:
+            self._answer = next(self._replies, None) or RemoteError(
+                "the stream ended without an answer", "UNKNOWN"
+            )
+        except Exception as exc:  # a splitinfer error of the call itself
+            self._answer = exc
+        self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> bool:
+        return bool(self._call.cancel())
+
+    def result(self, timeout: float | None = None) -> Reply:
+        if not self._done.wait(timeout):
+            raise grpc.FutureTimeoutError()
+        if isinstance(self._answer, Exception):
+            raise self._answer
+        assert self._answer is not None
+        return self._answer
+
+
 class Pending:
     """An Infer call in flight."""
 
     def __init__(
-        self, future: grpc.Future, parse: Callable[[Any, float], Reply] | None = None
+        self, future: CallFuture, parse: Callable[[Any, float], Reply] | None = None
     ) -> None:
         self.future = future
         self.parse = parse or _parse_reply  # (response, round trip ms) -> Reply
@@ -245,11 +332,18 @@ def _parse_reply(data: bytes, round_trip_ms: float) -> Reply:
 
 
 def stream_messages(
-    model: str, cut: str, tensors: Sequence[Encoded], request_id: str, chunk_bytes: int
+    model: str,
+    cut: str,
+    tensors: Sequence[Encoded],
+    request_id: str,
+    chunk_bytes: int,
+    response_codec: str = "raw",
 ) -> Iterator[pb.StreamRequest]:
     """One request as stream messages: a header with each payload's first chunk, then
     the rest of each payload in chunks."""
-    header = pb.InferRequest(model=model, cut=cut, request_id=request_id)
+    header = pb.InferRequest(
+        model=model, cut=cut, request_id=request_id, response_codec=response_codec
+    )
     for encoded in tensors:
         message = tensor_to_proto(encoded, header.tensors.add(), payload=False)
         message.payload = bytes(encoded.payload[:chunk_bytes])

@@ -63,9 +63,12 @@ class KServeClient(SplitClient):
         cut: str,
         tensors: Sequence[Encoded],
         *,
+        response_codec: str = "raw",
         timeout: float | None = None,
         request_id: str = "",
     ) -> Pending:
+        if response_codec != "raw":
+            raise CodecError(f"KServe v2 answers raw tensors only, not {response_codec}")
         request = kpb.ModelInferRequest(model_name=model_name(model, cut), id=request_id)
         for tensor in tensors:
             if tensor.codec != Codec.RAW:

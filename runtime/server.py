@@ -29,7 +29,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from runtime import fastwire
 from runtime.batching import BatchOptions
-from runtime.budget import Hold
+from runtime.budget import Hold, Trimmer, keep_trimmed
 from runtime.codec import Codec, CodecSpec, Encoded
 from runtime.engine import SessionOptions
 from runtime.errors import (
@@ -614,7 +614,7 @@ def transport_options(limits: HostLimits) -> list[tuple[str, int]]:
     """gRPC's settings for a server that faces clients it does not trust."""
     return [
         ("grpc.max_receive_message_length", limits.max_message_bytes),
-        ("grpc.max_send_message_length", limits.max_message_bytes),
+        ("grpc.max_send_message_length", max(limits.max_answer_bytes, limits.max_message_bytes)),
         # a port is this server's alone: with SO_REUSEPORT (grpc's default) a second
         # server on it would start and take part of this one's connections
         ("grpc.so_reuseport", 0),
@@ -751,7 +751,9 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    trimming = asyncio.create_task(keep_trimmed(Trimmer()))
     await stop.wait()
+    trimming.cancel()
     print("shutting down", file=sys.stderr, flush=True)
     # a tail still running when the grace ends is stopped (ONNX Runtime's terminate
     # flag), so that its worker thread does not hold the process up
