@@ -262,9 +262,8 @@ class _Streamed:
         response_codec: str,
         timeout: float | None,
     ) -> None:
-        self._call = client._stream_call(
-            [(model, cut, tensors)], DEFAULT_CHUNK_BYTES, timeout, response_codec
-        )
+        chunk = min(DEFAULT_CHUNK_BYTES, client.max_request_bytes // 2)  # room for the rest
+        self._call = client._stream_call([(model, cut, tensors)], chunk, timeout, response_codec)
         self._replies = client.replies(self._call)
         self._done = threading.Event()
         self._answer: Reply | Exception | None = None
