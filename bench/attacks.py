@@ -20,9 +20,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 MODEL_CONFIG = "/inference.GRPCInferenceService/ModelConfig"
 HEALTH = "/grpc.health.v1.Health/Check"
 BIG = 512 * MiB  # what an attacker's channel lets itself send and receive
+LIMIT = 4 * MiB - 4096  # a request just under the server's default message limit
 
 
 # ------------------------------------------------------------------ the workload
@@ -113,7 +116,7 @@ def small_cnn(directory: Path) -> Workload:
     return Workload(directory, "small_cnn", "cloud", {"image": image})
 
 
-def slow_mlp(directory: Path, layers: int = 400, width: int = 1024) -> Workload:
+def slow_mlp(directory: Path, layers: int = 2000, width: int = 1024) -> Workload:
     """A tail that runs for seconds: ``layers`` MatMuls of ``width`` square, on a batch
     of 256 rows (for shutdown tests: ONNX Runtime can stop between nodes)."""
     from partitioner import ModelGraph, cut_from_tensors, write_artifacts
@@ -146,11 +149,35 @@ def slow_mlp(directory: Path, layers: int = 400, width: int = 1024) -> Workload:
 class Target:
     """A ``splitinfer serve`` process under attack: its address, memory and CPU."""
 
-    def __init__(self, directories: Sequence[Path], options: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        directories: Sequence[Path],
+        options: Sequence[str] = (),
+        *,
+        token: str | None = None,
+    ) -> None:
         self.process, self.port = start_server(list(directories), options=options)
         self.address = f"127.0.0.1:{self.port}"
         self.ps = psutil.Process(self.process.pid)
+        self.token = token
+        self.metrics_url = None
+        if "--metrics-port" in options:
+            assert self.process.stdout is not None
+            line = self.process.stdout.readline().strip()
+            self.metrics_url = line.removeprefix("metrics on ")
         self.wait_healthy()
+
+    def metric(self, name: str) -> float:
+        """One unlabelled sample of the server's Prometheus metrics (needs --metrics-port)."""
+        assert self.metrics_url is not None, "start the target with --metrics-port"
+        request = urllib.request.Request(self.metrics_url)
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        text = urllib.request.urlopen(request, timeout=10).read().decode()
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise KeyError(f"no metric {name}")
 
     def rss(self) -> int:
         return int(self.ps.memory_info().rss)
@@ -161,7 +188,7 @@ class Target:
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
         with grpc.insecure_channel(self.address) as channel:
-            call = channel.unary_unary(HEALTH)
+            call: Any = channel.unary_unary(HEALTH)
             call(b"", timeout=timeout, wait_for_ready=True)
 
     def settle(self, seconds: float = 1.0) -> int:
@@ -205,7 +232,7 @@ def raw_call(
 ) -> tuple[str, bytes]:
     """One unary call of raw bytes: (status code name, answer or details)."""
     with channel(target) as ch:
-        call = ch.unary_unary(method)
+        call: Any = ch.unary_unary(method)
         try:
             return "OK", call(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as exc:
@@ -302,9 +329,8 @@ class Watch:
         self._file = None
         path = "-"
         if request is not None:
-            handle = tempfile.NamedTemporaryFile(suffix=".bin", delete=False)
-            handle.write(request)
-            handle.close()
+            with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as handle:
+                handle.write(request)
             self._file = path = handle.name
         self.process = subprocess.Popen(
             [sys.executable, "-c", WATCH_SCRIPT, target, str(every), path, token or "-"],
@@ -354,6 +380,7 @@ class RawH2:
         self.flush()
         self.reset_streams: set[int] = set()
         self.ended: dict[int, str] = {}  # stream: grpc-status
+        self.pump(1.0)  # the server's settings, acknowledged: it takes streams only then
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -361,29 +388,31 @@ class RawH2:
             self.sock.sendall(data)
 
     def pump(self, timeout: float = 0.0) -> None:
-        """Read what the server sent, without granting it any window for data."""
+        """Read what the server sent until it sends nothing for ``timeout`` seconds,
+        without granting it any window for data."""
         import h2.events
 
         self.sock.settimeout(timeout)
         try:
-            data = self.sock.recv(1 << 20)
-        except (TimeoutError, BlockingIOError):
-            return
+            while True:
+                try:
+                    data = self.sock.recv(1 << 20)
+                except (TimeoutError, BlockingIOError):
+                    return
+                if not data:
+                    raise ConnectionError("the server closed the connection")
+                for event in self.conn.receive_data(data):
+                    if isinstance(event, h2.events.StreamReset):
+                        self.reset_streams.add(event.stream_id)
+                    elif isinstance(
+                        event, (h2.events.TrailersReceived, h2.events.ResponseReceived)
+                    ):
+                        status = dict(event.headers).get("grpc-status")  # type: ignore[call-overload]
+                        if status is not None:  # trailers, or a trailers-only answer
+                            self.ended[event.stream_id] = str(status)
+                self.flush()
         finally:
             self.sock.settimeout(10)
-        if not data:
-            raise ConnectionError("the server closed the connection")
-        for event in self.conn.receive_data(data):
-            if isinstance(event, h2.events.StreamReset):
-                self.reset_streams.add(event.stream_id)
-            elif isinstance(event, h2.events.TrailersReceived):
-                status = dict(event.headers).get("grpc-status", "?")
-                self.ended[event.stream_id] = str(status)
-            elif isinstance(event, h2.events.ResponseReceived):
-                status = dict(event.headers).get("grpc-status")
-                if status is not None:  # trailers only
-                    self.ended[event.stream_id] = str(status)
-        self.flush()
 
     def open(self, method: str, metadata: Sequence[tuple[str, str]] = ()) -> int:
         stream = self.conn.get_next_available_stream_id()
@@ -399,12 +428,12 @@ class RawH2:
         self.conn.send_headers(stream, headers)
         return stream
 
-    def send(self, stream: int, message: bytes, *, end: bool = False) -> bool:
-        """One gRPC message on ``stream``, as far as flow control allows now; False when
-        the server stopped taking this stream's data (its window is shut)."""
+    def send(self, stream: int, message: bytes, *, end: bool = False, wait: float = 5.0) -> bool:
+        """One gRPC message on ``stream``, as far as flow control allows within ``wait``
+        seconds; False when the server stopped taking this stream's data."""
         framed = b"\0" + len(message).to_bytes(4, "big") + message
         offset = 0
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + wait
         while offset < len(framed):
             room = min(
                 self.conn.local_flow_control_window(stream), self.conn.max_outbound_frame_size
@@ -446,7 +475,7 @@ class Outcome:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-def unauthenticated_bodies(target: str, count: int = 20, size: int = 15 * MiB) -> Outcome:
+def unauthenticated_bodies(target: str, count: int = 20, size: int = LIMIT) -> Outcome:
     """Large Infer calls without the bearer token: each is refused (UNAUTHENTICATED)."""
     body = pb.InferRequest(model="x", cut="y").SerializeToString() + bytes(size)
     results = parallel(lambda: raw_call(target, INFER, body), count, 4)
@@ -454,12 +483,17 @@ def unauthenticated_bodies(target: str, count: int = 20, size: int = 15 * MiB) -
 
 
 def invalid_bodies(
-    target: str, workload: Workload, rounds: int = 8, size: int = 15 * MiB
+    target: str,
+    workload: Workload,
+    rounds: int = 8,
+    size: int = LIMIT,
+    token: str | None = None,
 ) -> Outcome:
     """Rounds of 8 concurrent large requests for a model the server does not have."""
     tensor = encode(np.zeros(size // 4, np.float32), name="x")
     body = fastwire.write(pb.InferRequest(model="nope", cut=workload.cut), [tensor])
-    results = parallel(lambda: raw_call(target, INFER, body), rounds * 8, 8)
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    results = parallel(lambda: raw_call(target, INFER, body, metadata=metadata), rounds * 8, 8)
     return Outcome(codes_of(results))
 
 
@@ -473,7 +507,7 @@ def batch_amplification(target: str, workload: Workload, samples: int = 4096) ->
             for k, v in workload.tensors.items()
         ]
         body = fastwire.write(pb.InferRequest(model=workload.model, cut=workload.cut), tensors)
-        results += parallel(lambda body=body: raw_call(target, INFER, body), 4, 2)
+        results += parallel(partial(raw_call, target, INFER, body), 4, 2)
         kserve = workload.kserve_request(samples=count).SerializeToString()
         results.append(raw_call(target, MODEL_INFER, kserve))
     tensors = [
@@ -515,14 +549,14 @@ def close_all(outcome: Outcome) -> None:
         client.close()
 
 
-def group_messages(target: str, size: int = 15 * MiB) -> Outcome:
+def group_messages(target: str, size: int = LIMIT) -> Outcome:
     """A message that is one protobuf group (wire type 3) of ``size`` bytes, on every
     method that reads bytes."""
     body = b"\x33" + b"\x08\x01" * (size // 2) + b"\x34"
     methods = [INFER, PROBE, DESCRIBE, MODEL_INFER, MODEL_CONFIG, HEALTH]
     results = [raw_call(target, method, body) for method in methods]
     with channel(target) as ch:
-        call = ch.stream_stream(INFER_STREAM)
+        call: Any = ch.stream_stream(INFER_STREAM)
         try:
             answers = list(call(iter([body]), timeout=60))
             errors = [pb.StreamResponse.FromString(a).error.code for a in answers]
@@ -532,27 +566,27 @@ def group_messages(target: str, size: int = 15 * MiB) -> Outcome:
     return Outcome(codes_of(results))
 
 
-def typed_contents(target: str, workload: Workload, values: int = 3_500_000) -> Outcome:
+def typed_contents(target: str, workload: Workload, size: int = LIMIT) -> Outcome:
     """KServe requests carrying their values typed (``fp32_contents``, ``int_contents``)
     instead of raw: a count that fits the shape (the most samples allowed), one that
-    does not, and integers sent for a float input."""
+    does not (a message of ``size`` bytes), and integers (as many varints) sent for a
+    float input."""
     name, value = next(iter(workload.tensors.items()))
     sample = int(np.prod(value.shape[1:]))
-    samples = min(32, max(1, values // sample))
     fitting = kpb.ModelInferRequest(model_name=model_name(workload.model, workload.cut))
-    tensor = fitting.inputs.add(name=name, datatype="FP32", shape=[samples, *value.shape[1:]])
-    tensor.contents.fp32_contents.extend(np.ones(samples * sample, np.float32).tolist())
+    tensor = fitting.inputs.add(name=name, datatype="FP32", shape=[32, *value.shape[1:]])
+    tensor.contents.fp32_contents.extend(np.ones(32 * sample, np.float32).tolist())
     wrong_count = kpb.ModelInferRequest(model_name=fitting.model_name)
     tensor = wrong_count.inputs.add(name=name, datatype="FP32", shape=[1, *value.shape[1:]])
-    tensor.contents.fp32_contents.extend(np.ones(values, np.float32).tolist())
+    tensor.contents.fp32_contents.extend(np.ones(size // 4 - 64, np.float32).tolist())
     integers = kpb.ModelInferRequest(model_name=fitting.model_name)
     tensor = integers.inputs.add(name=name, datatype="INT32", shape=[1, *value.shape[1:]])
-    tensor.contents.int_contents.extend(np.full(values, -1, np.int32).tolist())
+    tensor.contents.int_contents.extend(np.ones(size - 256, np.int32).tolist())
     results = [
         raw_call(target, MODEL_INFER, request.SerializeToString())
         for request in (fitting, wrong_count, integers)
     ]
-    return Outcome(codes_of(results), {"fitting_values": samples * sample})
+    return Outcome(codes_of(results), {"fitting_values": 32 * sample})
 
 
 def stream_header_lie(target: str, chunks: int = 256, streams: int = 2) -> Outcome:
@@ -571,7 +605,8 @@ def stream_header_lie(target: str, chunks: int = 256, streams: int = 2) -> Outco
 
     def one() -> list[int]:
         with channel(target) as ch:
-            answers = ch.stream_stream(INFER_STREAM)(messages(), timeout=120)
+            streaming: Any = ch.stream_stream(INFER_STREAM)
+            answers = streaming(messages(), timeout=120)
             return [pb.StreamResponse.FromString(a).error.code for a in answers]
 
     results = parallel(one, streams, streams)
@@ -599,17 +634,20 @@ def unread_streams(
         client = clients[index // per]
         stream = client.open(INFER_STREAM)
         streams.append((client, stream))
+    stalled: set[tuple[int, int]] = set()  # (client, stream) whose window the server shut
     for round_ in range(requests):
-        progressed = False
-        for client, stream in streams:
-            if stream in client.ended or stream in client.reset_streams:
+        for index, (client, stream) in enumerate(streams):
+            if (index, stream) in stalled or stream in client.ended:
+                continue
+            if stream in client.reset_streams:
                 continue
             request_id = f"{stream}-{round_}"
             for message in stream_messages(workload.model, workload.cut, encoded, request_id, MiB):
-                if client.send(stream, message.SerializeToString()):
-                    sent += 1
-                    progressed = True
-        if not progressed:
+                if not client.send(stream, message.SerializeToString(), wait=0.5):
+                    stalled.add((index, stream))
+                    break
+                sent += 1
+        if len(stalled) == len(streams):
             break
     time.sleep(1.0)
     for client in clients:
@@ -632,7 +670,8 @@ def malformed_in_stream(target: str, workload: Workload) -> Outcome:
 
     messages = [*valid("a"), b"\xff\xff\xff", *valid("b"), *valid("c")]
     with channel(target) as ch:
-        call = ch.stream_stream(INFER_STREAM)(iter(messages), timeout=60)
+        streaming: Any = ch.stream_stream(INFER_STREAM)
+        call = streaming(iter(messages), timeout=60)
         answers = [pb.StreamResponse.FromString(a) for a in call]
         status = call.code().name
     seen = [

@@ -226,6 +226,14 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=None, help="serve Prometheus metrics (0: a free port)"
     )
     serve.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="on SIGTERM, seconds running calls have to finish; then running tails are "
+        "stopped (default 5)",
+    )
+    serve.add_argument(
         "--metrics-host",
         default="127.0.0.1",
         help="where the metrics listen (default 127.0.0.1, whatever --host is)",
@@ -480,6 +488,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not 1 <= args.max_message <= 2047:
         raise ValueError(f"--max-message must be between 1 and 2047 MiB, not {args.max_message}")
     _check_port("--port", args.port)
+    if not (math.isfinite(args.grace) and 0 <= args.grace <= 3600):
+        raise ValueError(f"--grace must be between 0 and 3600 seconds, not {args.grace}")
     if args.metrics_port is not None:
         _check_port("--metrics-port", args.metrics_port)
     security = Security(
@@ -514,6 +524,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             batching=_batching(args),
             protocols=protocols,
             metrics=metrics,
+            grace_s=args.grace,
         )
     )
     return 0

@@ -23,6 +23,7 @@ noisy first measurement, does not keep a cut out for good.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 import time
@@ -45,7 +46,13 @@ from runtime.engine import (
     make_session,
     run_session,
 )
-from runtime.errors import DeadlineError, OverloadedError, RemoteError, SplitInferError
+from runtime.errors import (
+    DeadlineError,
+    NotFoundError,
+    OverloadedError,
+    RemoteError,
+    SplitInferError,
+)
 from runtime.link import CircuitBreaker, LinkEstimator
 
 EWMA = 0.3
@@ -54,6 +61,7 @@ EXPLORE_RATIO = 2.0  # a trial of a stale cut costs at most this many times the 
 EXPLORE_EVERY = 10  # requests at least between two trials of a stale cut
 IDLE_AFTER_S = 5.0  # no throughput probes on a link the device has not used for this long
 LOCAL = "\0local"  # the local run's key among the cuts' ids
+log = logging.getLogger("splitinfer.edge")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,6 +165,9 @@ class EdgeRuntime:
         self._stats = _Stats()
         self._last_request = time.monotonic()
         self._inflight = 0  # splits waiting for the server: probes then measure a busy link
+        self.unserved: dict[str, str] = {}  # cut: why the runtime stopped using it
+        self.costs: dict[tuple[str, str], _CutCosts] = {}
+        self._match_server()
         self.local_ms, self.costs = self._warm_up()
         self._explored_at = time.monotonic()
         self._requests = self._explored_after = 0  # requests started; at the last trial
@@ -195,6 +206,32 @@ class EdgeRuntime:
         self._closing.set()
         self._prober.join(timeout=5)
         self.client.close()
+
+    def _match_server(self) -> None:
+        """Use only the cuts the server has: a deploy whose server lacks a cut of these
+        artifacts (or has other artifacts) would answer NOT_FOUND for it on every
+        request. A server that cannot be asked now is taken at its word later: a
+        NOT_FOUND answer removes that cut then."""
+        try:
+            served, max_request = self.client.served_cuts(self.manifest.model, timeout=2.0)
+        except SplitInferError as exc:
+            log.info("could not ask %s which cuts it serves (%s)", self.client.target, exc)
+            return
+        if max_request:
+            self.client.max_request_bytes = max_request
+        for cut_id in sorted(set(self.cuts) - served):
+            self._drop(cut_id, f"the server at {self.client.target} does not serve it")
+
+    def _drop(self, cut_id: str, why: str) -> None:
+        """Stop using a cut (logged once, listed in stats()["unserved"])."""
+        with self._lock:
+            if cut_id in self.unserved:
+                return
+            self.unserved[cut_id] = why
+            self.cuts.pop(cut_id, None)
+            for key in [k for k in self.costs if k[0] == cut_id]:
+                del self.costs[key]
+        log.warning("cut %s of %s is not used: %s", cut_id, self.manifest.model, why)
 
     def _codecs(self, choice: str) -> dict[str, tuple[CodecSpec, ...]]:
         """The codecs each served cut may be sent with."""
@@ -245,7 +282,9 @@ class EdgeRuntime:
     def predict(self, cut_id: str, codec: str) -> float:
         """Predicted latency (ms) of one request through ``cut_id`` sent with ``codec``
         (a label), on the link as estimated."""
-        c = self.costs[(cut_id, codec)]
+        return self._predict(self.costs[(cut_id, codec)])
+
+    def _predict(self, c: _CutCosts) -> float:
         link = self.link.estimate()
         transfer = (c.up_bytes + c.down_bytes) * 8 / link.uplink_bps * 1000
         remote = transfer + link.rtt_ms + c.server_ms + c.decode_ms + c.penalty()
@@ -310,15 +349,22 @@ class EdgeRuntime:
             try:
                 return self._split(route, feeds, start)
             except SplitInferError as exc:
+                if isinstance(exc, NotFoundError):  # this cut is missing, not the server
+                    self._drop(route.key[0], f"the server answered {exc.message}")
                 # a trial's wait is cut short on purpose: its lateness says nothing of
                 # the server's health
-                self._failed(exc, breaker=not (route.trial and isinstance(exc, DeadlineError)))
+                late_trial = route.trial and isinstance(exc, DeadlineError)
+                breaker = not late_trial and not isinstance(exc, NotFoundError)
+                self._failed(exc, breaker=breaker)
                 return self._run_local(feeds, start, "fallback", route.key[0])
         return self._run_local(feeds, start, "local", "edge")
 
     def _split(self, route: _Route, feeds: Mapping[str, np.ndarray], start: float) -> Result:
         cut_id, codec = route.key
-        runner = self.cuts[cut_id]
+        with self._lock:  # another caller may have dropped the cut since it was chosen
+            runner, c = self.cuts.get(cut_id), self.costs.get(route.key)
+        if runner is None or c is None:
+            raise NotFoundError(f"cut {cut_id} is no longer used: {self.unserved.get(cut_id)}")
         spec = next(s for s in self.codecs[cut_id] if s.label == codec)
         (sent, kept), head_ms = self.device.run(cut_id, runner.run_head, feeds)
         tensors, encode_ms = self.device.run(f"{cut_id}/{codec}", encode_all, sent, spec)
@@ -326,7 +372,7 @@ class EdgeRuntime:
         with self._lock:
             self._stats.calls += 1
             self._inflight += 1
-            remote_ms = self.predict(cut_id, codec) - self.costs[(cut_id, codec)].head_ms
+            remote_ms = self._predict(c) - c.head_ms
             local_ms = self.local_ms
         waited = time.perf_counter()
         try:
@@ -337,7 +383,6 @@ class EdgeRuntime:
             # that a link which was down, not slow, is tried again.
             late_ms = (time.perf_counter() - waited) * 1000
             with self._lock:
-                c = self.costs[(cut_id, codec)]
                 c.penalty_ms = c.penalty() + max(1.5 * late_ms - remote_ms, 0.0)
                 c.penalty_at = time.monotonic()
             raise
@@ -348,14 +393,13 @@ class EdgeRuntime:
         server_ms = timing.queue_ms + timing.decode_ms + timing.compute_ms + timing.encode_ms
         if not reply.server_known:  # a server that does not say (Triton): the estimate
             with self._lock:
-                server_ms = self.costs[(cut_id, codec)].server_ms
+                server_ms = c.server_ms
         network_ms = max(reply.round_trip_ms - server_ms, 0.0)
         up = sum(encoded_size(t) for t in tensors)
         down = sum(v.nbytes for v in reply.outputs.values())
         self.link.observe(up + down, network_ms)
         self.breaker.success()
         with self._lock:
-            c = self.costs[(cut_id, codec)]
             # a trial's answer replaces the stale costs; others are blended in
             weight = 1.0 if route.trial else EWMA
             c.head_ms, c.encode_ms = (
@@ -515,6 +559,7 @@ class EdgeRuntime:
                 "failures": dict(self._stats.failures),
                 "calls": self._stats.calls,
                 "explored": self._stats.explored,
+                "unserved": dict(self.unserved),
                 "breaker": self.breaker.snapshot(),
                 "link": {"uplink_bps": link.uplink_bps, "rtt_ms": link.rtt_ms, "age_s": link.age_s},
                 "local_ms": self.local_ms,

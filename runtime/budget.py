@@ -107,14 +107,17 @@ class Trimmer:
     request freed in its heaps (gRPC reads a message in thousands of small slices,
     which never come from mmap), so after a burst of large requests the resident
     set stays high although nothing holds the bytes; ``malloc_trim`` returns the
-    free pages. Called now and then by the server, it trims when the resident set
-    grew by ``slack`` bytes since the last trim. Does nothing off glibc."""
+    free pages. ``due`` when the resident set is ``slack`` bytes above what it was
+    at the start; after a trim that gave little back (the memory is in use), the
+    next waits longer, up to a minute. Does nothing off glibc."""
 
     def __init__(self, slack: int = 32 * MiB) -> None:
         self.slack = slack
         self._trim = _malloc_trim()
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-        self.baseline = self.rss()
+        self.floor = self.rss()
+        self.pause_s = 0.0  # after a trim that freed little: wait this long for the next
+        self._last = 0.0
 
     def rss(self) -> int:
         """This process's resident set (bytes), 0 where /proc is not there."""
@@ -124,28 +127,54 @@ class Trimmer:
         except (OSError, ValueError, IndexError):
             return 0
 
-    def due(self) -> bool:
-        return self._trim is not None and self.rss() > self.baseline + self.slack
+    def due(self, now: float) -> bool:
+        if self._trim is None or now - self._last < self.pause_s:
+            return False
+        return self.rss() > self.floor + self.slack
 
-    def trim(self) -> None:
+    def trim(self, now: float) -> None:
         """Trim now (blocking: call it from a worker thread; ctypes lets the GIL go)."""
-        if self._trim is not None:
-            self._trim(0)
-        self.baseline = self.rss()
+        if self._trim is None:
+            return
+        before = self.rss()
+        self._trim(0)
+        freed = before - self.rss()
+        self._last = now
+        self.pause_s = 0.0 if freed > self.slack // 2 else min(max(2 * self.pause_s, 1.0), 60.0)
 
 
-def _malloc_trim() -> Any:
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_arenas(count: int = 2) -> None:
+    """Let glibc's malloc keep at most ``count`` heaps (arenas). By default it makes
+    up to eight per core, one per thread that allocates at once; memory a request
+    freed in one of them is fragmented among the others' and mostly stays. Two
+    heaps cost a little contention between the event loop and the worker threads,
+    and keep what a burst of large requests leaves behind to a fraction."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(M_ARENA_MAX, count)
+
+
+def _libc() -> Any:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
         return None
+
+
+def _malloc_trim() -> Any:
+    libc = _libc()
+    return None if libc is None else getattr(libc, "malloc_trim", None)
 
 
 async def keep_trimmed(trimmer: Trimmer, every_s: float = 1.0) -> None:
     """Run forever (cancel to stop): trim whenever the resident set grew."""
+    loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(every_s)
-        if trimmer.due():
-            await asyncio.to_thread(trimmer.trim)
+        if trimmer.due(loop.time()):
+            await asyncio.to_thread(trimmer.trim, loop.time())

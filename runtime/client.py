@@ -18,7 +18,7 @@ import numpy as np
 
 from runtime import fastwire
 from runtime.codec import Encoded, decode
-from runtime.errors import RemoteError
+from runtime.errors import NotFoundError, RemoteError
 from runtime.protocol import tensor_from_proto, tensor_to_proto
 from runtime.status import error_for, error_from_rpc
 from runtime.wire import splitinfer_pb2 as pb
@@ -217,6 +217,15 @@ class SplitClient:
                     yield _reply(response, (time.perf_counter() - start) * 1000)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
+
+    def served_cuts(self, model: str, *, timeout: float | None = None) -> tuple[set[str], int]:
+        """The cuts of ``model`` the server runs tails of (none when it does not host
+        the model), and the largest request it takes in one message."""
+        try:
+            (info,) = self.describe(model, timeout=timeout).models
+        except NotFoundError:
+            return set(), 0
+        return {c.id for c in info.cuts if c.served}, int(info.max_message_bytes)
 
     def describe(self, model: str = "", *, timeout: float | None = None) -> pb.DescribeResponse:
         try:

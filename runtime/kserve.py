@@ -15,9 +15,10 @@ memory, trace and log settings) answer UNIMPLEMENTED.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,7 +295,13 @@ class KServeServicer:
         return await respond(context, infer(), call)
 
     async def _infer(
-        self, parts: fastwire.Parts, context: grpc.aio.ServicerContext, call: Call, hold: Hold
+        self,
+        parts: fastwire.Parts,
+        context: grpc.aio.ServicerContext,
+        call: Call,
+        hold: Hold,
+        *,
+        stream: bool = False,
     ) -> bytes:
         """One request, read by MODEL_INFER_REQUEST: its ModelInferResponse's bytes."""
         request = parts.message
@@ -308,8 +315,10 @@ class KServeServicer:
             nbytes = sum(_nbytes(tensors[i]) for i in typed)
             hold.grow(nbytes, "the request's typed contents")
             convert = lambda: _converted(parts, tensors, typed)  # noqa: E731
-            tensors = await self.service.offload(convert, nbytes)
-        answer = await self.service.infer(tail.model, tail.cut, tensors, None, context, hold)
+            tensors = await self.service.offload(convert, nbytes, stream=stream)
+        answer = await self.service.infer(
+            tail.model, tail.cut, tensors, None, context, hold, stream=stream
+        )
         by_name = {o.name: o for o in answer.outputs}
         response = kpb.ModelInferResponse(
             model_name=request.model_name, model_version=VERSION, id=request.id
@@ -327,7 +336,7 @@ class KServeServicer:
             pieces = [fastwire.bulk_field(RAW_OUTPUT_CONTENTS, p) for p in payloads]
             return b"".join([response.SerializeToString(), *(b for p in pieces for b in p)])
 
-        data = await self.service.offload(write, size)
+        data = await self.service.offload(write, size, stream=stream)
         hold.grow(SENT_COPIES * len(data), "the answer")
         return data
 
@@ -355,12 +364,14 @@ class KServeServicer:
     ) -> AsyncIterator[bytes]:
         """Answers in the order they finish, each with its request's id; an error answers
         one request (``error_message``) and the stream goes on."""
-        async for answer in self.service.stream(context, lambda: self._stream(requests, context)):
-            yield answer
+        answers = self.service.stream(context, lambda: self._stream(requests, context))
+        async with contextlib.aclosing(answers):  # its tasks and holds end with the call
+            async for answer in answers:
+                yield answer
 
     async def _stream(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         answers = answer_queue()
         tasks: set[asyncio.Task[None]] = set()
 
@@ -373,7 +384,7 @@ class KServeServicer:
                 parts = fastwire.parse(data, MODEL_INFER_REQUEST)
                 del data
                 which.model_name, which.id = parts.message.model_name, parts.message.id
-                response = await self._infer(parts, context, call, hold)
+                response = await self._infer(parts, context, call, hold, stream=True)
             except asyncio.CancelledError:  # the stream went away
                 call.done(grpc.StatusCode.CANCELLED.name)
                 hold.release()
@@ -398,8 +409,9 @@ class KServeServicer:
             async for data in requests:
                 await spawn(tasks, run(data))
 
-        async for answer in stream_answers(read, answers, tasks):
-            yield answer
+        async with contextlib.aclosing(stream_answers(read, answers, tasks)) as sent:
+            async for answer in sent:
+                yield answer
 
 
 ORT_TYPES = {"float": "float32", "double": "float64"}  # ONNX Runtime's element names

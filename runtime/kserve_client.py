@@ -84,6 +84,22 @@ class KServeClient(SplitClient):
         """As start_infer, waiting for the answer."""
         return self.start_infer(model, cut, tensors, **options).result()
 
+    def served_cuts(self, model: str, *, timeout: float | None = None) -> tuple[set[str], int]:
+        """The cuts of ``model`` whose tails the server has READY (its RepositoryIndex);
+        KServe does not say how large a request may be (0)."""
+        try:
+            index = self.kstub.RepositoryIndex(
+                kpb.RepositoryIndexRequest(), timeout=timeout, metadata=self.metadata
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        prefix = model + SEPARATOR
+        return {
+            entry.name.removeprefix(prefix)
+            for entry in index.models
+            if entry.name.startswith(prefix) and entry.state in ("READY", "")
+        }, 0
+
     def probe(
         self, send_bytes: int = 0, receive_bytes: int = 0, *, timeout: float | None = None
     ) -> tuple[float, float]:

@@ -10,6 +10,7 @@ anything unexpected is INTERNAL with the traceback logged, never sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import inspect
 import logging
@@ -18,7 +19,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from runtime import fastwire
 from runtime.batching import BatchOptions
-from runtime.budget import Hold, Trimmer, keep_trimmed
+from runtime.budget import Hold, Trimmer, keep_trimmed, limit_arenas
 from runtime.codec import Codec, CodecSpec, Encoded
 from runtime.engine import SessionOptions
 from runtime.errors import (
@@ -109,13 +110,15 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         context: grpc.aio.ServicerContext,
         call: Call,
         hold: Hold,
+        *,
+        stream: bool = False,
     ) -> tuple[pb.InferResponse, list[Encoded]]:
         """Run one request: the response's small fields, and the encoded outputs."""
         codec = tensors[0].codec.value if tensors else "raw"
         call.label(request.model, request.cut, codec)
         response_codec = CodecSpec.parse(request.response_codec or "raw")
         answer = await self.service.infer(
-            request.model, request.cut, tensors, response_codec, context, hold
+            request.model, request.cut, tensors, response_codec, context, hold, stream=stream
         )
         response = pb.InferResponse(
             model=request.model,
@@ -133,12 +136,14 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
     async def InferStream(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamResponse]:
-        async for answer in self.service.stream(context, lambda: self._stream(requests, context)):
-            yield answer
+        answers = self.service.stream(context, lambda: self._stream(requests, context))
+        async with contextlib.aclosing(answers):  # its tasks and holds end with the call
+            async for answer in answers:
+                yield answer
 
     async def _stream(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.StreamResponse]:
+    ) -> AsyncGenerator[pb.StreamResponse, None]:
         answers = answer_queue()
         tasks: set[asyncio.Task[None]] = set()
         incoming = _Incoming()
@@ -154,12 +159,15 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
                     for t, p in zip(request.tensors, done.payloads, strict=True)
                 ]
                 del done.payloads[:]
-                response, outputs = await self._infer(request, tensors, context, call, hold)
+                response, outputs = await self._infer(
+                    request, tensors, context, call, hold, stream=True
+                )
                 call.bytes_out = size = sum(len(o.payload) for o in outputs)
                 hold.grow(SENT_COPIES * size, "the answer")
                 messages = await self.service.offload(
                     lambda: _chunked(response, outputs, self.host.limits.max_message_bytes // 2),
                     size,
+                    stream=True,
                 )
             except asyncio.CancelledError:  # the stream went away
                 call.done(grpc.StatusCode.CANCELLED.name)
@@ -189,15 +197,16 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
                     await answers.put((_stream_error(refused.request_id, refused.error), None))
                     continue
                 if done is not None:
-                    await spawn(tasks, run(done))
+                    await spawn(tasks, run(done), done.hold.release)
             for request_id in list(incoming.pending):
                 incoming.drop(request_id)
                 ended = InvalidInputError("the stream ended mid-request")
                 await answers.put((_stream_error(request_id, ended), None))
 
         try:
-            async for answer in stream_answers(read, answers, tasks):
-                yield answer
+            async with contextlib.aclosing(stream_answers(read, answers, tasks)) as sent:
+                async for answer in sent:
+                    yield answer
         finally:
             incoming.close()
 
@@ -622,6 +631,11 @@ def transport_options(limits: HostLimits) -> list[tuple[str, int]]:
         # counts a reset stream until it is freed, so that a client opening and resetting
         # streams (HTTP/2 rapid reset) is refused new ones instead of piling them up
         ("grpc.max_concurrent_streams", limits.max_calls_per_connection),
+        # what gRPC buffers of a call's incoming bytes before the handler reads them: a
+        # fixed window, not one grown to the link's bandwidth-delay product (up to
+        # megabytes per stream, which streams that send and never read would pile up)
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", limits.stream_window_bytes),
         # keepalive pings: a client may ping once a minute with no call open, more often
         # only during calls; two pings too many end the connection (ENHANCE_YOUR_CALM)
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 60_000),
@@ -727,6 +741,7 @@ async def serve(
     """Serve until SIGTERM or SIGINT; the first stdout line says where (the second, with
     ``metrics``, where the metrics are). On a signal, calls already running have
     ``grace_s`` seconds to finish; then the tails still running are stopped."""
+    limit_arenas()  # before the worker threads take heaps of their own
     security = security or Security()
     tails = TailHost(directories, limits=limits or HostLimits(), session_options=session_options)
     counters = Metrics()

@@ -23,7 +23,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -47,7 +47,8 @@ from runtime.tails import HostLimits, TailHost, check_response_codec
 # to a worker thread costs more. Longer ones run in a thread, leaving the loop free.
 INLINE_MS = 1.0
 INLINE_BYTES = 64 * 1024  # work on more decoded bytes than this leaves the event loop
-MAX_PENDING_STREAM_REQUESTS = 64  # per stream: requests running, or answers unsent
+MAX_PENDING_STREAM_REQUESTS = 64  # per stream: answers unsent, requests incomplete
+MAX_STREAM_RUNNING = 16  # per stream: requests being answered at once
 MAX_STATUS_CHARS = 1024  # of a status message sent to a client
 SENT_COPIES = 2  # an answer is held twice until sent: our bytes and gRPC's copy
 
@@ -58,18 +59,31 @@ log = logging.getLogger("splitinfer.server")
 class Admission:
     """Bounds the work: ``max_concurrent`` tails at once, ``max_queued`` waiting;
     beyond that a request is refused at once rather than queued without end. With
-    batching, each running tail holds up to ``per_run`` requests."""
+    batching, each running tail holds up to ``per_run`` requests. The requests of
+    streams take at most half of that room, and wait for it rather than being
+    refused (a stream's flow control then holds its client back): however many
+    streams are open, single calls find room."""
 
     def __init__(self, limits: HostLimits, per_run: int = 1) -> None:
         self.limits = limits
         self.slots = asyncio.Semaphore(limits.max_concurrent)
         self.running = limits.max_concurrent * per_run  # requests being computed at most
+        self.capacity = self.running + limits.max_queued
+        self.stream_share = max(1, self.capacity // 2)
         self.admitted = 0
+        self.streaming = 0  # of the admitted, requests of streams
+        self._released = asyncio.Event()
 
     @contextlib.asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
-        """Count a request in, or refuse it when running and queued work is at the bound."""
-        if self.admitted >= self.running + self.limits.max_queued:
+    async def admit(self, *, stream: bool = False) -> AsyncIterator[None]:
+        """Count a request in, or refuse it when running and queued work is at the bound
+        (a stream's request waits instead, while streams hold their share)."""
+        if stream:
+            while self.streaming >= self.stream_share or self.admitted >= self.capacity:
+                self._released.clear()
+                await self._released.wait()
+            self.streaming += 1
+        elif self.admitted >= self.capacity:
             raise OverloadedError(
                 f"the server is at capacity ({self.running} running, "
                 f"{self.limits.max_queued} queued): retry later"
@@ -79,11 +93,16 @@ class Admission:
             yield
         finally:
             self.admitted -= 1
+            if stream:
+                self.streaming -= 1
+            self._released.set()
 
     @contextlib.asynccontextmanager
-    async def slot(self, context: grpc.aio.ServicerContext) -> AsyncIterator[float]:
+    async def slot(
+        self, context: grpc.aio.ServicerContext, *, stream: bool = False
+    ) -> AsyncIterator[float]:
         """Wait for a worker; yields the time waited (ms)."""
-        async with self.admit():
+        async with self.admit(stream=stream):
             start = time.perf_counter()
             async with self.slots:
                 _check_deadline(context)  # it may have passed while queued
@@ -234,17 +253,17 @@ class TailService:
             )
         return self.batchers[key]
 
-    async def offload(self, work: Callable[[], T], nbytes: int) -> T:
+    async def offload(self, work: Callable[[], T], nbytes: int, *, stream: bool = False) -> T:
         """``work`` on the event loop when it touches at most INLINE_BYTES, else in a
         worker thread, counted in admission while it runs."""
         if nbytes <= INLINE_BYTES:
             return work()
-        async with self.admission.admit():
+        async with self.admission.admit(stream=stream):
             return await _off_loop(work, nbytes)
 
     async def stream(
-        self, context: grpc.aio.ServicerContext, answers: Callable[[], AsyncIterator[T]]
-    ) -> AsyncIterator[T]:
+        self, context: grpc.aio.ServicerContext, answers: Callable[[], AsyncGenerator[T, None]]
+    ) -> AsyncGenerator[T, None]:
         """A streaming call's ``answers``, once the token is checked and the stream
         counted in (Streams); refused with its status otherwise."""
         try:
@@ -254,8 +273,9 @@ class TailService:
             refuse(context, exc)
             return
         try:
-            async for answer in answers():
-                yield answer
+            async with contextlib.aclosing(answers()) as stream:
+                async for answer in stream:
+                    yield answer
         finally:
             release()
 
@@ -267,9 +287,12 @@ class TailService:
         response_codec: CodecSpec | None,
         context: grpc.aio.ServicerContext,
         hold: Hold,
+        *,
+        stream: bool = False,
     ) -> Answer:
         """Check, then run one request: on its own, or stacked with others in a batch.
-        ``hold`` grows by what decoding allocates and by the encoded outputs."""
+        ``hold`` grows by what decoding allocates and by the encoded outputs; ``stream``:
+        a request of a stream (see Admission)."""
         _check_deadline(context)
         response_codec = check_response_codec(response_codec)
         self.check(model, cut, tensors)  # refuse before holding or queueing anything
@@ -277,10 +300,10 @@ class TailService:
         size = tensor_bytes(tensors)
         batcher = self.batcher(model, cut)
         if batcher is None:
-            answer = await self._alone(model, cut, tensors, response_codec, context, size)
+            answer = await self._alone(model, cut, tensors, response_codec, context, size, stream)
         else:
             answer = await self._batched(
-                batcher, model, cut, tensors, response_codec, context, size
+                batcher, model, cut, tensors, response_codec, context, size, stream
             )
         hold.grow(sum(len(o.payload) for o in answer.outputs), "the answer's tensors")
         return answer
@@ -294,8 +317,9 @@ class TailService:
         response_codec: CodecSpec,
         context: grpc.aio.ServicerContext,
         size: int,
+        stream: bool,
     ) -> Answer:
-        async with self.admission.admit():
+        async with self.admission.admit(stream=stream):
             start = time.perf_counter()
             feeds = await _off_loop(lambda: self.host.decode(model, cut, tensors), size)
             decode_ms = (time.perf_counter() - start) * 1000
@@ -319,8 +343,9 @@ class TailService:
         response_codec: CodecSpec,
         context: grpc.aio.ServicerContext,
         size: int,
+        stream: bool,
     ) -> Answer:
-        async with self.admission.slot(context) as queued_ms:
+        async with self.admission.slot(context, stream=stream) as queued_ms:
             work = lambda: self.host.run(model, cut, tensors, response_codec)  # noqa: E731
             outputs, timing = await self._maybe_inline((model, cut), work, size)
         # a run of a tail without a batch dimension is one run of one request
@@ -433,20 +458,34 @@ def answer_queue() -> asyncio.Queue[Any]:
     return asyncio.Queue(maxsize=MAX_PENDING_STREAM_REQUESTS)
 
 
-async def spawn(tasks: set[asyncio.Task[None]], work: Coroutine[Any, Any, None]) -> None:
-    """Run ``work`` as one of a stream's tasks, once fewer than the bound are running."""
-    while len(tasks) >= MAX_PENDING_STREAM_REQUESTS:
-        await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
+async def spawn(
+    tasks: set[asyncio.Task[None]],
+    work: Coroutine[Any, Any, None],
+    cancelled: Callable[[], None] | None = None,
+) -> None:
+    """Run ``work`` as one of a stream's tasks, once fewer than the bound are running.
+    ``cancelled`` runs if the stream goes first: a task cancelled before it started
+    never runs the cleanup of its own (its request's hold, say)."""
+    try:
+        while len(tasks) >= MAX_STREAM_RUNNING:
+            await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work.close()
+        if cancelled is not None:
+            cancelled()
+        raise
     task = asyncio.create_task(work)
     tasks.add(task)
     task.add_done_callback(tasks.discard)
+    if cancelled is not None:
+        task.add_done_callback(lambda done: cancelled() if done.cancelled() else None)
 
 
 async def stream_answers(
     read: Callable[[], Awaitable[None]],
     answers: asyncio.Queue[Any],
     tasks: set[asyncio.Task[None]],
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     """A bidirectional stream's answers: ``read`` takes the requests in, starting a
     task (``spawn``) per request that puts its answer in ``answers`` (``answer_queue``)
     as a (message, hold) pair; the hold is released once the message is sent. The
@@ -467,9 +506,11 @@ async def stream_answers(
     try:
         while (item := await answers.get()) is not None:
             message, hold = item
-            yield message
-            if hold is not None:
-                hold.release()
+            try:
+                yield message
+            finally:  # sent, or the caller went while it was being sent
+                if hold is not None:
+                    hold.release()
     finally:
         reader.cancel()
         for task in tasks:

@@ -34,6 +34,7 @@ from runtime.errors import (
 )
 
 MiB = 1 << 20
+SHRINK_AFTER_SAMPLES = 4  # runs of more samples give their arena memory back
 log = logging.getLogger("splitinfer.server")
 
 
@@ -59,6 +60,7 @@ class HostLimits:
     max_streams: int = 64  # InferStream and ModelStreamInfer calls open at once
     max_streams_per_connection: int = 8
     max_calls_per_connection: int = 100  # HTTP/2 streams at once (gRPC's max_concurrent_streams)
+    stream_window_bytes: int = 1 * MiB  # a call's bytes gRPC buffers before they are read
 
 
 @dataclass
@@ -248,6 +250,10 @@ class TailHost:
         ``terminate`` has been called (a run it stopped included)."""
         served, _ = self.cut(model, cut_id)
         options = ort.RunOptions()
+        if _samples(feeds) > SHRINK_AFTER_SAMPLES:
+            # ONNX Runtime's arena keeps what its largest run needed; a large batch's
+            # memory goes back once the run is done, a single request's arena stays warm
+            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         with self._lock:
             if self._stopping:
                 raise ShuttingDownError("the server is shutting down")
@@ -294,6 +300,11 @@ class TailHost:
         if not firsts or not isinstance(firsts[0], str) or len(set(firsts)) != 1:
             return None
         return firsts[0]
+
+
+def _samples(feeds: dict[str, np.ndarray]) -> int:
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 def _warm(session: ort.InferenceSession, cut: CutArtifact) -> None:
