@@ -15,11 +15,13 @@ import pytest
 
 from bench.linkem import LinkEmulator
 from bench.processes import start_server, stop
+from partitioner import ModelGraph, cut_from_tensors, write_artifacts
 from runtime.adaptive import EdgeOptions, EdgeRuntime
 from runtime.client import SplitClient
 from runtime.engine import SessionOptions, make_session, run_session
+from runtime.kserve_client import KServeClient
 from runtime.tails import TailHost
-from tests.graphs import write_adaptive_artifacts
+from tests.graphs import adaptive_model, write_adaptive_artifacts
 
 EXACT = SessionOptions(optimize=False)
 SLOWDOWN = 20.0  # the emulated device is 20x slower than this machine
@@ -316,3 +318,54 @@ def test_a_client_has_its_own_connection_so_another_clients_upload_does_not_hold
     # on a shared connection this call would wait behind the upload (and the runtime's
     # link estimate would measure another client's queue)
     assert round_trip < 300, round_trip
+
+
+def _one_cut_artifacts(directory):
+    """The adaptive model's artifacts with the "cloud" cut only (no "mid")."""
+    model, _ = adaptive_model()
+    graph = ModelGraph.load(model)
+    write_artifacts(graph, [cut_from_tensors(graph, ["x"], cut_id="cloud")], directory)
+    return directory
+
+
+@pytest.mark.parametrize("protocol", ["splitinfer", "kserve"])
+def test_at_start_it_uses_only_the_cuts_the_server_has(protocol, artifacts, tmp_path, serve):
+    directory, _ = artifacts
+    server = serve(TailHost([_one_cut_artifacts(tmp_path)], session_options=EXACT))
+    client = (KServeClient if protocol == "kserve" else SplitClient)(server.target)
+    options = EdgeOptions(deadline_ms=2000, slowdown=SLOWDOWN, exact=True, uplink_bps=1e9)
+    with EdgeRuntime(directory, client, options) as runtime:
+        assert set(runtime.stats()["unserved"]) == {"mid"}
+        results = [runtime.infer(_feeds()) for _ in range(10)]
+        stats = runtime.stats()
+    assert {r.cut for r in results} <= {"cloud", "edge"}
+    assert not stats["failures"] and stats["breaker"]["state"] == "closed", stats
+
+
+def test_a_not_found_cut_is_dropped_and_the_breaker_stays_closed(artifacts, tmp_path):
+    """A server redeployed without one of the device's cuts: the first NOT_FOUND for it
+    removes that cut; the server's other cut, and the breaker, are not touched."""
+    directory, _ = artifacts
+    local = make_session(directory / "model.onnx", EXACT)
+    process, port = start_server([directory])
+    try:
+        with LinkEmulator("127.0.0.1", port) as link:
+            link.set(up_bps=2e6, down_bps=2e6)  # a slow link: "mid" (256 B) is the cut
+            with _runtime(directory, link.address, deadline_ms=2000) as runtime:
+                before = _paths(runtime, 6)
+                assert ("split", "mid") in before, before
+                stop(process, signal.SIGKILL)
+                process, _ = start_server([_one_cut_artifacts(tmp_path)], port)
+                runtime.client.wait_ready(10)
+                time.sleep(1.0)  # the breaker, open while the server was away, closes
+                feeds = [_feeds(seed) for seed in range(20)]
+                results = [runtime.infer(f) for f in feeds]
+                stats = runtime.stats()
+    finally:
+        stop(process, signal.SIGKILL)
+    assert "mid" in stats["unserved"] and "mid" not in {r.cut for r in results[2:]}
+    assert stats["failures"].get("NotFoundError", 0) + stats["failures"].get("NOT_FOUND", 0) == 1
+    assert stats["breaker"]["state"] == "closed", stats
+    for result, f in zip(results, feeds, strict=True):  # lost: none; every answer exact
+        (expected,) = run_session(local, f).values()
+        np.testing.assert_array_equal(next(iter(result.outputs.values())), expected)
