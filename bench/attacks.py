@@ -573,9 +573,10 @@ def typed_contents(target: str, workload: Workload, size: int = LIMIT) -> Outcom
     float input."""
     name, value = next(iter(workload.tensors.items()))
     sample = int(np.prod(value.shape[1:]))
+    samples = max(1, min(32, (size // 4 - 64) // sample))  # as many as fit in a message
     fitting = kpb.ModelInferRequest(model_name=model_name(workload.model, workload.cut))
-    tensor = fitting.inputs.add(name=name, datatype="FP32", shape=[32, *value.shape[1:]])
-    tensor.contents.fp32_contents.extend(np.ones(32 * sample, np.float32).tolist())
+    tensor = fitting.inputs.add(name=name, datatype="FP32", shape=[samples, *value.shape[1:]])
+    tensor.contents.fp32_contents.extend(np.ones(samples * sample, np.float32).tolist())
     wrong_count = kpb.ModelInferRequest(model_name=fitting.model_name)
     tensor = wrong_count.inputs.add(name=name, datatype="FP32", shape=[1, *value.shape[1:]])
     tensor.contents.fp32_contents.extend(np.ones(size // 4 - 64, np.float32).tolist())
@@ -586,7 +587,7 @@ def typed_contents(target: str, workload: Workload, size: int = LIMIT) -> Outcom
         raw_call(target, MODEL_INFER, request.SerializeToString())
         for request in (fitting, wrong_count, integers)
     ]
-    return Outcome(codes_of(results), {"fitting_values": 32 * sample})
+    return Outcome(codes_of(results), {"fitting_values": samples * sample})
 
 
 def stream_header_lie(target: str, chunks: int = 256, streams: int = 2) -> Outcome:

@@ -65,11 +65,13 @@ class MemoryBudget:
 
 
 class Hold:
-    """Bytes held against a budget by one call: grown as it takes memory, released
-    once (``release`` again does nothing). A context manager releases on exit."""
+    """Bytes held against a budget by one call (and against its stream's Share, when
+    it has one): grown as it takes memory, released once (``release`` again does
+    nothing). A context manager releases on exit."""
 
-    def __init__(self, budget: MemoryBudget) -> None:
+    def __init__(self, budget: MemoryBudget, share: Share | None = None) -> None:
         self.budget = budget
+        self.share = share
         self.nbytes = 0
 
     def grow(self, nbytes: int, what: str) -> None:
@@ -79,12 +81,17 @@ class Hold:
         if nbytes:
             self.budget._take(nbytes, what)
             self.nbytes += nbytes
+            if self.share is not None:
+                self.share.used += nbytes
 
     def shrink(self, nbytes: int) -> None:
         """Give back ``nbytes`` of what is held (what was freed before the call ends)."""
         nbytes = min(nbytes, self.nbytes)
         self.nbytes -= nbytes
         self.budget._give(nbytes)
+        if self.share is not None and nbytes:
+            self.share.used -= nbytes
+            self.share.freed.set()
 
     def release(self) -> None:
         self.shrink(self.nbytes)
@@ -94,6 +101,30 @@ class Hold:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class Share:
+    """One stream's part of a budget: its requests hold at most ``cap`` bytes at once
+    (one request of any size always may). A request that would take more waits
+    until the stream's earlier ones are answered and sent: a stream that is not
+    read stops being read itself (gRPC's flow control holds its client back)
+    instead of taking the memory single calls need. Used on the event loop."""
+
+    def __init__(self, budget: MemoryBudget, cap: int) -> None:
+        self.budget = budget
+        self.cap = cap
+        self.used = 0
+        self.freed = asyncio.Event()
+
+    async def reserve(self, nbytes: int, what: str) -> Hold:
+        """A hold of ``nbytes``, once the stream has room; OverloadedError at once when
+        the budget itself has none."""
+        while self.used and self.used + nbytes > self.cap:
+            self.freed.clear()
+            await self.freed.wait()
+        hold = Hold(self.budget, self)
+        hold.grow(nbytes, what)
+        return hold
 
 
 def _size(nbytes: int) -> str:
@@ -108,16 +139,14 @@ class Trimmer:
     which never come from mmap), so after a burst of large requests the resident
     set stays high although nothing holds the bytes; ``malloc_trim`` returns the
     free pages. ``due`` when the resident set is ``slack`` bytes above what it was
-    at the start; after a trim that gave little back (the memory is in use), the
-    next waits longer, up to a minute. Does nothing off glibc."""
+    at the start (a trim costs milliseconds, in a worker thread, once a second at
+    most). Does nothing off glibc."""
 
     def __init__(self, slack: int = 32 * MiB) -> None:
         self.slack = slack
         self._trim = _malloc_trim()
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
         self.floor = self.rss()
-        self.pause_s = 0.0  # after a trim that freed little: wait this long for the next
-        self._last = 0.0
 
     def rss(self) -> int:
         """This process's resident set (bytes), 0 where /proc is not there."""
@@ -127,20 +156,15 @@ class Trimmer:
         except (OSError, ValueError, IndexError):
             return 0
 
-    def due(self, now: float) -> bool:
-        if self._trim is None or now - self._last < self.pause_s:
+    def due(self) -> bool:
+        if self._trim is None:
             return False
         return self.rss() > self.floor + self.slack
 
-    def trim(self, now: float) -> None:
+    def trim(self) -> None:
         """Trim now (blocking: call it from a worker thread; ctypes lets the GIL go)."""
-        if self._trim is None:
-            return
-        before = self.rss()
-        self._trim(0)
-        freed = before - self.rss()
-        self._last = now
-        self.pause_s = 0.0 if freed > self.slack // 2 else min(max(2 * self.pause_s, 1.0), 60.0)
+        if self._trim is not None:
+            self._trim(0)
 
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter
@@ -173,8 +197,7 @@ def _malloc_trim() -> Any:
 
 async def keep_trimmed(trimmer: Trimmer, every_s: float = 1.0) -> None:
     """Run forever (cancel to stop): trim whenever the resident set grew."""
-    loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(every_s)
-        if trimmer.due(loop.time()):
-            await asyncio.to_thread(trimmer.trim, loop.time())
+        if trimmer.due():
+            await asyncio.to_thread(trimmer.trim)

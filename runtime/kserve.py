@@ -36,6 +36,7 @@ from runtime.codec import Codec, Encoded
 from runtime.errors import (
     InvalidInputError,
     NotFoundError,
+    OverloadedError,
     UnsupportedModelError,
     shown,
 )
@@ -375,12 +376,10 @@ class KServeServicer:
         answers = answer_queue()
         tasks: set[asyncio.Task[None]] = set()
 
-        async def run(data: bytes) -> None:
+        async def run(data: bytes, hold: Hold) -> None:
             call = self.service.metrics.call(PROTOCOL)
             which = kpb.ModelInferResponse()  # which request failed, when it parsed
-            hold = self.service.budget.hold()
             try:
-                hold.grow(len(data), "the request")
                 parts = fastwire.parse(data, MODEL_INFER_REQUEST)
                 del data
                 which.model_name, which.id = parts.message.model_name, parts.message.id
@@ -391,12 +390,8 @@ class KServeServicer:
                 raise
             except Exception as exc:
                 hold.release()
-                code, message = status_and_message(exc)
-                call.done(code.name)
-                error = kpb.ModelStreamInferResponse(
-                    error_message=f"{code.name}: {message}", infer_response=which
-                )
-                await answers.put((error.SerializeToString(), None))
+                call.done(status_and_message(exc)[0].name)
+                await answers.put((_stream_error(exc, which), None))
                 return
             call.done(grpc.StatusCode.OK.name)
             try:
@@ -406,12 +401,27 @@ class KServeServicer:
                 raise
 
         async def read() -> None:
+            share = self.service.share()
             async for data in requests:
-                await spawn(tasks, run(data))
+                try:  # waits while this stream holds its share: it is read no further
+                    hold = await share.reserve(len(data), "the request")
+                except OverloadedError as exc:
+                    await answers.put((_stream_error(exc, kpb.ModelInferResponse()), None))
+                    continue
+                await spawn(tasks, run(data, hold), hold.release)
 
         async with contextlib.aclosing(stream_answers(read, answers, tasks)) as sent:
             async for answer in sent:
                 yield answer
+
+
+def _stream_error(exc: Exception, which: Any) -> bytes:
+    """A ModelStreamInferResponse answering one request with its error."""
+    code, message = status_and_message(exc)
+    answer = kpb.ModelStreamInferResponse(
+        error_message=f"{code.name}: {message}", infer_response=which
+    )
+    return bytes(answer.SerializeToString())
 
 
 ORT_TYPES = {"float": "float32", "double": "float64"}  # ONNX Runtime's element names

@@ -30,7 +30,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from runtime import fastwire
 from runtime.batching import BatchOptions
-from runtime.budget import Hold, Trimmer, keep_trimmed, limit_arenas
+from runtime.budget import Hold, Share, Trimmer, keep_trimmed, limit_arenas
 from runtime.codec import Codec, CodecSpec, Encoded
 from runtime.engine import SessionOptions
 from runtime.errors import (
@@ -147,6 +147,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         answers = answer_queue()
         tasks: set[asyncio.Task[None]] = set()
         incoming = _Incoming()
+        share = self.service.share()
 
         async def run(done: _Assembly) -> None:
             call = self.service.metrics.call(PROTOCOL)
@@ -192,7 +193,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         async def read() -> None:
             async for data in requests:
                 try:
-                    done = self._assemble(data, incoming)
+                    done = await self._assemble(data, incoming, share)
                 except _Refused as refused:  # this request is answered; the stream goes on
                     await answers.put((_stream_error(refused.request_id, refused.error), None))
                     continue
@@ -210,10 +211,11 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         finally:
             incoming.close()
 
-    def _assemble(self, data: bytes, incoming: _Incoming) -> _Assembly | None:
+    async def _assemble(self, data: bytes, incoming: _Incoming, share: Share) -> _Assembly | None:
         """Add one stream message; returns a request once all its bytes have arrived.
         A request's header is checked in full (model, cut, names, dtypes, shapes, sizes)
-        and its bytes reserved in the memory budget before any chunk is kept. _Refused
+        and its bytes reserved in the stream's share of the memory budget before any
+        chunk is kept. _Refused
         for a message that does not parse or a request refused (answered once: the
         chunks that follow a refused header are dropped)."""
         request_id = ""
@@ -237,7 +239,8 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             request.tensors.extend(t.message for t in request_parts.nested.get(4, []))
             incoming.check_new(request_id)
             sizes = self._declared_sizes(request, tensors)
-            hold = self.service.budget.reserve(sum(sizes), "a stream request's tensors")
+            # waits while this stream holds its share of the memory: it is read no further
+            hold = await share.reserve(sum(sizes), "a stream request's tensors")
             assembly = _Assembly(request, [bytearray() for _ in tensors], sizes, hold)
             for index, tensor in enumerate(tensors):  # sizes checked: each fits
                 assembly.add(index, tensor.payload)

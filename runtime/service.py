@@ -31,7 +31,7 @@ import grpc
 import numpy as np
 
 from runtime.batching import Batcher, BatchOptions
-from runtime.budget import Hold, MemoryBudget
+from runtime.budget import Hold, MemoryBudget, Share
 from runtime.codec import Codec, CodecSpec, Encoded
 from runtime.errors import (
     DeadlineError,
@@ -220,6 +220,12 @@ class TailService:
         context.add_done_callback(ended)  # type: ignore[arg-type]  # the stub wants its own class
         hold.grow(nbytes, what)
         return hold
+
+    def share(self) -> Share:
+        """A new stream's part of the memory budget: together, streams hold at most half
+        of it (beyond their one request each), leaving the rest to single calls."""
+        limits = self.host.limits
+        return Share(self.budget, limits.max_memory_bytes // (2 * limits.max_streams))
 
     def max_batch_size(self, model: str, cut: str) -> int:
         """The most samples one request of this tail may carry (0: the tail has no batch

@@ -58,7 +58,7 @@ class HostLimits:
     max_queued: int = 32  # requests waiting for a worker; beyond: RESOURCE_EXHAUSTED
     max_probe_bytes: int = 4 * MiB  # a probe's payload, each way
     max_streams: int = 64  # InferStream and ModelStreamInfer calls open at once
-    max_streams_per_connection: int = 8
+    max_streams_per_connection: int = 16
     max_calls_per_connection: int = 100  # HTTP/2 streams at once (gRPC's max_concurrent_streams)
     stream_window_bytes: int = 1 * MiB  # a call's bytes gRPC buffers before they are read
 

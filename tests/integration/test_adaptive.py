@@ -9,6 +9,7 @@ import math
 import signal
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -335,9 +336,10 @@ def test_at_start_it_uses_only_the_cuts_the_server_has(protocol, artifacts, tmp_
     client = (KServeClient if protocol == "kserve" else SplitClient)(server.target)
     options = EdgeOptions(deadline_ms=2000, slowdown=SLOWDOWN, exact=True, uplink_bps=1e9)
     with EdgeRuntime(directory, client, options) as runtime:
-        assert set(runtime.stats()["unserved"]) == {"mid"}
+        unserved: Any = runtime.stats()["unserved"]
+        assert set(unserved) == {"mid"}
         results = [runtime.infer(_feeds()) for _ in range(10)]
-        stats = runtime.stats()
+        stats: dict[str, Any] = runtime.stats()
     assert {r.cut for r in results} <= {"cloud", "edge"}
     assert not stats["failures"] and stats["breaker"]["state"] == "closed", stats
 
@@ -360,7 +362,7 @@ def test_a_not_found_cut_is_dropped_and_the_breaker_stays_closed(artifacts, tmp_
                 time.sleep(1.0)  # the breaker, open while the server was away, closes
                 feeds = [_feeds(seed) for seed in range(20)]
                 results = [runtime.infer(f) for f in feeds]
-                stats = runtime.stats()
+                stats: dict[str, Any] = runtime.stats()
     finally:
         stop(process, signal.SIGKILL)
     assert "mid" in stats["unserved"] and "mid" not in {r.cut for r in results[2:]}
