@@ -187,9 +187,10 @@ async def soak(target: str, workload: Workload, clients: int, requests: int) -> 
         model_infer: Any = channel.unary_unary(attacks.MODEL_INFER)
         stream: Any = channel.stream_stream(attacks.INFER_STREAM)
         share = requests // clients
-        sent = 0
+        sent = turn = 0
         while sent < share:
-            kind = ("Infer", "ModelInfer", "InferStream")[sent % 3]
+            kind = ("Infer", "ModelInfer", "InferStream")[turn % 3]
+            turn += 1
             try:
                 if kind == "Infer":
                     await infer(native, timeout=60)
