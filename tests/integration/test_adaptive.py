@@ -360,8 +360,12 @@ def test_a_not_found_cut_is_dropped_and_the_breaker_stays_closed(artifacts, tmp_
                 process, _ = start_server([_one_cut_artifacts(tmp_path)], port)
                 runtime.client.wait_ready(10)
                 time.sleep(1.0)  # the breaker, open while the server was away, closes
-                feeds = [_feeds(seed) for seed in range(20)]
-                results = [runtime.infer(f) for f in feeds]
+                feeds, results = [], []
+                deadline = time.monotonic() + 20  # until the runtime tries "mid" again
+                while "mid" not in runtime.unserved or len(results) < 20:
+                    assert time.monotonic() < deadline, runtime.stats()
+                    feeds.append(_feeds(len(feeds)))
+                    results.append(runtime.infer(feeds[-1]))
                 stats: dict[str, Any] = runtime.stats()
     finally:
         stop(process, signal.SIGKILL)
