@@ -360,7 +360,8 @@ def test_a_not_found_cut_is_dropped_and_the_breaker_stays_closed(artifacts, tmp_
                 process, _ = start_server([_one_cut_artifacts(tmp_path)], port)
                 runtime.client.wait_ready(10)
                 time.sleep(1.0)  # the breaker, open while the server was away, closes
-                feeds, results = [], []
+                feeds: list[dict[str, np.ndarray]] = []
+                results: list[Any] = []
                 deadline = time.monotonic() + 20  # until the runtime tries "mid" again
                 while "mid" not in runtime.unserved or len(results) < 20:
                     assert time.monotonic() < deadline, runtime.stats()
