@@ -36,8 +36,8 @@ import onnx
 
 from bench import attacks
 from bench.attacks import MiB, Outcome, Target, Watch, Workload
-from runtime.client import stream_messages
 from runtime.codec import encode
+from runtime.device.client import stream_messages
 from runtime.wire import splitinfer_pb2 as pb
 
 TOKEN = "abuse-bench-token"

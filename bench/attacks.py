@@ -36,9 +36,9 @@ from tritonclient.grpc import service_pb2 as kpb
 
 from bench.processes import start_server, stop
 from runtime import fastwire
-from runtime.client import stream_messages
 from runtime.codec import CodecSpec, encode
-from runtime.kserve_client import DTYPES, model_name
+from runtime.device.client import stream_messages
+from runtime.kserve_types import DTYPES, model_name
 from runtime.wire import splitinfer_pb2 as pb
 
 MiB = 1 << 20

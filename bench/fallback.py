@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from bench.linkem import LinkEmulator
 from bench.processes import start_server, stop
-from runtime.adaptive import EdgeOptions, EdgeRuntime
-from runtime.client import SplitClient
+from runtime.device.adaptive import EdgeOptions, EdgeRuntime
+from runtime.device.client import SplitClient
+from runtime.device.linkem import LinkEmulator
 from runtime.engine import SessionOptions, make_session, run_session
 from tests.graphs import write_adaptive_artifacts
 

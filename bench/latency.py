@@ -45,16 +45,16 @@ from typing import Any
 
 import numpy as np
 
-from bench.linkem import LinkEmulator
 from bench.processes import start_server, stop
 from partitioner.graph import ModelGraph
 from partitioner.plan import Constraints, Link, Planner, sweep
 from partitioner.profile import ProfileOptions, calibration_feeds, profile_model
 from partitioner.split import write_artifacts
-from runtime.adaptive import EdgeOptions, EdgeRuntime
-from runtime.client import SplitClient
 from runtime.codec import CodecSpec
-from runtime.edge import StaticSplit
+from runtime.device.adaptive import EdgeOptions, EdgeRuntime
+from runtime.device.client import SplitClient
+from runtime.device.edge import StaticSplit
+from runtime.device.linkem import LinkEmulator
 from runtime.engine import SlowDevice, make_session, run_session
 from runtime.errors import SplitInferError
 

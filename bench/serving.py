@@ -37,7 +37,7 @@ from bench.processes import start_server, stop
 from runtime import fastwire
 from runtime.codec import encode
 from runtime.engine import make_session, run_session
-from runtime.kserve_client import DTYPES, model_name
+from runtime.kserve_types import DTYPES, model_name
 from runtime.wire import splitinfer_pb2 as pb
 
 CLIENTS = (1, 8, 32, 64)

@@ -30,8 +30,8 @@ from onnx import TensorProto, helper
 from bench.echo import LIMIT, METHOD
 from bench.processes import start, start_server, stop
 from partitioner import ModelGraph, cut_from_tensors, write_artifacts
-from runtime.client import SplitClient
-from runtime.edge import StaticSplit
+from runtime.device.client import SplitClient
+from runtime.device.edge import StaticSplit
 
 SIZES = {"64KB": 64 << 10, "1MB": 1 << 20, "4MB": 4 << 20}
 CLIENTS = 32

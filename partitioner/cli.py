@@ -473,9 +473,9 @@ def _token(path: Path | None) -> str | None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from runtime.cloud.server import MetricsOptions, Security, serve
+    from runtime.cloud.tails import HostLimits, MiB
     from runtime.engine import SessionOptions
-    from runtime.server import MetricsOptions, Security, serve
-    from runtime.tails import HostLimits, MiB
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("TLS needs both --tls-cert and --tls-key")
@@ -536,7 +536,7 @@ def _check_port(flag: str, port: int) -> None:
 
 
 def _batching(args: argparse.Namespace) -> Any:
-    from runtime.batching import BatchOptions
+    from runtime.cloud.batching import BatchOptions
 
     if not 1 <= args.max_batch <= 65536:
         raise ValueError("--max-batch must be between 1 and 65536")
@@ -558,9 +558,9 @@ def _cmd_export_triton(args: argparse.Namespace) -> int:
 def _cmd_infer(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from runtime.client import ClientTLS, SplitClient
     from runtime.codec import CodecSpec
-    from runtime.edge import StaticSplit
+    from runtime.device.client import ClientTLS, SplitClient
+    from runtime.device.edge import StaticSplit
 
     feeds = {}
     for item in args.input:
@@ -578,7 +578,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     if args.repeat < 1 or not (math.isfinite(args.deadline_ms) and args.deadline_ms > 0):
         raise ValueError("--repeat must be at least 1 and --deadline-ms positive")
     if args.protocol == "kserve":
-        from runtime.kserve_client import KServeClient
+        from runtime.device.kserve_client import KServeClient
 
         if (args.codec or "raw") not in ("raw", "auto"):
             raise ValueError("a KServe v2 server takes raw tensors only: drop --codec")
@@ -587,7 +587,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         client = SplitClient(args.target, token=_token(args.token_file), tls=tls)
     runner: Any
     if args.adaptive:
-        from runtime.adaptive import EdgeOptions, EdgeRuntime
+        from runtime.device.adaptive import EdgeOptions, EdgeRuntime
 
         options = EdgeOptions(
             deadline_ms=args.deadline_ms, codec=args.codec or "auto", slowdown=args.slowdown

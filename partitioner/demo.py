@@ -25,13 +25,13 @@ from partitioner.graph import ModelGraph
 from partitioner.plan import Link, Planner, sweep
 from partitioner.profile import ProfileOptions, calibration_feeds, profile_model
 from partitioner.split import write_artifacts
-from runtime.adaptive import EdgeOptions, EdgeRuntime
-from runtime.client import SplitClient
-from runtime.edge import StaticSplit
+from runtime.cloud.server import BackgroundServer
+from runtime.cloud.tails import TailHost
+from runtime.device.adaptive import EdgeOptions, EdgeRuntime
+from runtime.device.client import SplitClient
+from runtime.device.edge import StaticSplit
 from runtime.engine import SlowDevice, make_session, run_session
 from runtime.errors import SplitInferError
-from runtime.server import BackgroundServer
-from runtime.tails import TailHost
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def _inputs(
 
 
 def _demo(out: Path, model: Path | None, requests: int, slowdown: float, deadline_ms: float) -> int:
-    from bench.linkem import LinkEmulator
+    from runtime.device.linkem import LinkEmulator
 
     started = time.perf_counter()
     real = model is None

@@ -22,11 +22,11 @@ from google.protobuf import text_format
 from onnx.external_data_helper import uses_external_data
 
 from runtime.artifacts import load_manifest
-from runtime.batching import BatchOptions
+from runtime.cloud.batching import BatchOptions
+from runtime.cloud.kserve import batch_dimension, tail_signature, triton_config
 from runtime.engine import inside
 from runtime.errors import ArtifactError
-from runtime.kserve import batch_dimension, tail_signature, triton_config
-from runtime.kserve_client import model_name
+from runtime.kserve_types import model_name
 
 MODEL_FILE = "model.onnx"
 

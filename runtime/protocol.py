@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from runtime.artifacts import TensorSpec
 from runtime.codec import Codec, Encoded
-from runtime.tails import HostLimits, ServedModel
 from runtime.wire import splitinfer_pb2 as pb
 
 
@@ -56,26 +55,4 @@ def spec_to_proto(spec: TensorSpec) -> pb.TensorSpec:
         dtype=spec.dtype,
         shape=[d if isinstance(d, int) else -1 for d in dims],
         dim_names=[d if isinstance(d, str) else "" for d in dims],
-    )
-
-
-def model_info(served: ServedModel, limits: HostLimits) -> pb.ModelInfo:
-    manifest = served.manifest
-    return pb.ModelInfo(
-        name=manifest.model,
-        sha256=manifest.sha256,
-        inputs=[spec_to_proto(s) for s in manifest.inputs],
-        outputs=[spec_to_proto(s) for s in manifest.outputs],
-        cuts=[
-            pb.CutInfo(
-                id=cut.id,
-                tensors=[spec_to_proto(t) for t in cut.tensors],
-                outputs=list(cut.tail_outputs),
-                device_outputs=list(cut.head_outputs),
-                served=cut.id in served.sessions,
-            )
-            for cut in manifest.cuts
-        ],
-        codecs=[c.value for c in Codec],
-        max_message_bytes=limits.max_message_bytes,
     )

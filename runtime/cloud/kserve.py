@@ -30,19 +30,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as kpb
 
 from runtime import fastwire
-from runtime.batching import BatchOptions
-from runtime.budget import Hold
-from runtime.codec import Codec, Encoded
-from runtime.errors import (
-    InvalidInputError,
-    NotFoundError,
-    OverloadedError,
-    UnsupportedModelError,
-    shown,
-)
-from runtime.kserve_client import DATATYPES, DTYPES, model_name
-from runtime.metrics import Call
-from runtime.service import (
+from runtime.cloud.batching import BatchOptions
+from runtime.cloud.budget import Hold
+from runtime.cloud.metrics import Call
+from runtime.cloud.service import (
     SENT_COPIES,
     TailService,
     answer_queue,
@@ -52,6 +43,15 @@ from runtime.service import (
     status_and_message,
     stream_answers,
 )
+from runtime.codec import Codec, Encoded
+from runtime.errors import (
+    InvalidInputError,
+    NotFoundError,
+    OverloadedError,
+    UnsupportedModelError,
+    shown,
+)
+from runtime.kserve_types import DATATYPES, DTYPES, model_name
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 PROTOCOL = "kserve"  # the metrics' protocol label

@@ -1,4 +1,4 @@
-"""The cloud server: gRPC (grpc.aio) on top of runtime.tails.
+"""The cloud server: gRPC (grpc.aio) on top of runtime.cloud.tails.
 
 ``create_server(address, host)`` returns the started-to-be server and the port
 it bound; ``serve(...)`` runs one until SIGTERM or SIGINT and then shuts down
@@ -29,18 +29,10 @@ from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from runtime import fastwire
-from runtime.batching import BatchOptions
-from runtime.budget import Hold, Share, Trimmer, keep_trimmed, limit_arenas
-from runtime.codec import Codec, CodecSpec, Encoded
-from runtime.engine import SessionOptions
-from runtime.errors import (
-    InvalidInputError,
-    OverloadedError,
-    shown,
-)
-from runtime.metrics import Call, Metrics
-from runtime.protocol import model_info, tensor_from_proto, tensor_to_proto
-from runtime.service import (
+from runtime.cloud.batching import BatchOptions
+from runtime.cloud.budget import Hold, Share, Trimmer, keep_trimmed, limit_arenas
+from runtime.cloud.metrics import Call, Metrics
+from runtime.cloud.service import (
     INLINE_BYTES,
     MAX_PENDING_STREAM_REQUESTS,
     SENT_COPIES,
@@ -54,7 +46,15 @@ from runtime.service import (
     stream_answers,
     tensor_bytes,
 )
-from runtime.tails import HostLimits, TailHost
+from runtime.cloud.tails import HostLimits, ServedModel, TailHost
+from runtime.codec import Codec, CodecSpec, Encoded
+from runtime.engine import SessionOptions
+from runtime.errors import (
+    InvalidInputError,
+    OverloadedError,
+    shown,
+)
+from runtime.protocol import spec_to_proto, tensor_from_proto, tensor_to_proto
 from runtime.wire import splitinfer_pb2 as pb
 from runtime.wire import splitinfer_pb2_grpc as pb_grpc
 
@@ -580,7 +580,7 @@ async def create_server(
     """A gRPC server for ``host`` bound to ``address`` ("127.0.0.1:0" takes a free
     port); returns it, not started, and the port it got. ``protocols``: "splitinfer"
     (splitinfer.v1) and "kserve" (KServe v2, inference.GRPCInferenceService)."""
-    from runtime import kserve
+    from runtime.cloud import kserve
 
     unknown = set(protocols) - set(PROTOCOLS)
     if unknown or not protocols:
@@ -672,6 +672,29 @@ def check_address(address: str) -> None:
                 errno.EACCES: "permission denied (a port below 1024 needs privileges)",
             }.get(exc.errno or 0, exc.strerror or str(exc))
             raise OSError(f"cannot listen on {address}: {why}") from None
+
+
+def model_info(served: ServedModel, limits: HostLimits) -> pb.ModelInfo:
+    """What Describe says of one hosted model: its tensors, cuts, codecs and limits."""
+    manifest = served.manifest
+    return pb.ModelInfo(
+        name=manifest.model,
+        sha256=manifest.sha256,
+        inputs=[spec_to_proto(s) for s in manifest.inputs],
+        outputs=[spec_to_proto(s) for s in manifest.outputs],
+        cuts=[
+            pb.CutInfo(
+                id=cut.id,
+                tensors=[spec_to_proto(t) for t in cut.tensors],
+                outputs=list(cut.tail_outputs),
+                device_outputs=list(cut.head_outputs),
+                served=cut.id in served.sessions,
+            )
+            for cut in manifest.cuts
+        ],
+        codecs=[c.value for c in Codec],
+        max_message_bytes=limits.max_message_bytes,
+    )
 
 
 class BackgroundServer:

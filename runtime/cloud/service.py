@@ -2,12 +2,12 @@
 token, and one request's path through the tail (decode, batch or run, encode) with
 its metrics.
 
-runtime.server (splitinfer.v1) and runtime.kserve (KServe v2) are thin servicers
+runtime.cloud.server (splitinfer.v1) and runtime.cloud.kserve (KServe v2) are thin servicers
 over a TailService; their answers differ only in the messages.
 
 Two rules keep one request from hurting the others. Memory: every byte a call
 makes the server hold (its request, decoded tensors, its answer until sent,
-buffered stream chunks) is reserved in the one budget (runtime.budget) before
+buffered stream chunks) is reserved in the one budget (runtime.cloud.budget) before
 it is made and released when the call ends; what does not fit is refused at
 once. The event loop: a request's work runs on the loop only when it is small
 (INLINE_BYTES decoded, and a tail recently under INLINE_MS); anything larger
@@ -30,8 +30,10 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from runtime.batching import Batcher, BatchOptions
-from runtime.budget import Hold, MemoryBudget, Share
+from runtime.cloud.batching import Batcher, BatchOptions
+from runtime.cloud.budget import Hold, MemoryBudget, Share
+from runtime.cloud.metrics import Call, Metrics
+from runtime.cloud.tails import HostLimits, TailHost, check_response_codec
 from runtime.codec import Codec, CodecSpec, Encoded
 from runtime.errors import (
     DeadlineError,
@@ -39,9 +41,7 @@ from runtime.errors import (
     SplitInferError,
     UnauthenticatedError,
 )
-from runtime.metrics import Call, Metrics
 from runtime.status import status_of
-from runtime.tails import HostLimits, TailHost, check_response_codec
 
 # A tail that recently took less than this runs on the event loop itself: the hop
 # to a worker thread costs more. Longer ones run in a thread, leaving the loop free.

@@ -1,5 +1,5 @@
 """The cloud's engine: every tail of one or more artifact directories, checked
-input, and ONNX Runtime. No sockets here; runtime.server puts gRPC on top.
+input, and ONNX Runtime. No sockets here; runtime.cloud.server puts gRPC on top.
 
 Every request is checked against the cut before anything is decoded or run:
 model and cut known, exactly the cut's tensors, each with the cut's dtype,
@@ -45,9 +45,9 @@ class HostLimits:
     ``max_message_bytes`` also bounds how long gRPC itself holds the event loop to
     take in one message (about 1.3 ms per MiB on a 2-core machine; several arriving
     at once queue up): a larger tensor travels in chunks on InferStream, as
-    runtime.client sends it. Answers are not read on the loop: they may be larger.
+    runtime.device.client sends it. Answers are not read on the loop: they may be larger.
     ``max_memory_bytes`` is the one budget for everything requests make the server
-    hold (runtime.budget).
+    hold (runtime.cloud.budget).
     """
 
     max_message_bytes: int = 4 * MiB  # received; answers may be up to max_answer_bytes

@@ -6,7 +6,7 @@ For each request the runtime predicts the latency of every served cut,
     head (measured here) + encode + bytes / uplink + RTT + server (as it reports) + decode,
 
 and of running the whole model here, from its own recent measurements and the
-link estimator (runtime.link), and takes the least. It runs locally when that
+link estimator (runtime.device.link), and takes the least. It runs locally when that
 is predicted faster, when no cut fits the deadline (unless a local run cannot
 meet it either), or when the circuit breaker is open. A split that fails
 (unreachable, reset, refused) or whose answer is late (three times its
@@ -35,9 +35,10 @@ from typing import Any
 import numpy as np
 
 from runtime.artifacts import load_manifest
-from runtime.client import ClientTLS, Reply, SplitClient
 from runtime.codec import CodecSpec, Encoded, encoded_size
-from runtime.edge import Result, encode_all
+from runtime.device.client import ClientTLS, Reply, SplitClient
+from runtime.device.edge import Result, encode_all
+from runtime.device.link import CircuitBreaker, LinkEstimator
 from runtime.engine import (
     CutRunner,
     SessionOptions,
@@ -53,7 +54,6 @@ from runtime.errors import (
     RemoteError,
     SplitInferError,
 )
-from runtime.link import CircuitBreaker, LinkEstimator
 
 EWMA = 0.3
 PENALTY_FADE_S = 1.0  # a late call's penalty fades by e every second

@@ -26,7 +26,7 @@ from runtime.wire import splitinfer_pb2_grpc as pb_grpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
 DEFAULT_CHUNK_BYTES = 1 << 20
-# what a server takes in one message by default (runtime.tails.HostLimits); a larger
+# what a server takes in one message by default (runtime.cloud.tails.HostLimits); a larger
 # request goes in chunks on InferStream
 SERVER_MESSAGE_BYTES = 4 << 20
 

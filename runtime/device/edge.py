@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime.artifacts import CutArtifact, Manifest, load_manifest
-from runtime.client import SplitClient
 from runtime.codec import CodecSpec, Encoded, encode
+from runtime.device.client import SplitClient
 from runtime.engine import CutRunner, SessionOptions, SlowDevice
 from runtime.errors import ArtifactError
 

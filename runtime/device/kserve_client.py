@@ -18,33 +18,12 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
-from runtime.client import Pending, Reply, SplitClient
 from runtime.codec import Codec, Encoded
+from runtime.device.client import Pending, Reply, SplitClient
 from runtime.errors import CodecError, InvalidInputError, RemoteError
+from runtime.kserve_types import DATATYPES, DTYPES, SEPARATOR, model_name
 from runtime.status import error_from_rpc
 from runtime.wire import splitinfer_pb2 as pb
-
-SEPARATOR = "__"
-DATATYPES = {
-    "BOOL": "bool",
-    "UINT8": "uint8",
-    "UINT16": "uint16",
-    "UINT32": "uint32",
-    "UINT64": "uint64",
-    "INT8": "int8",
-    "INT16": "int16",
-    "INT32": "int32",
-    "INT64": "int64",
-    "FP16": "float16",
-    "FP32": "float32",
-    "FP64": "float64",
-}
-DTYPES = {v: k for k, v in DATATYPES.items()}
-
-
-def model_name(model: str, cut: str) -> str:
-    """The KServe (and Triton repository) name of one tail."""
-    return f"{model}{SEPARATOR}{cut}"
 
 
 class KServeClient(SplitClient):

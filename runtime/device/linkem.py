@@ -18,7 +18,7 @@ Python API (tests)::
 
 CLI (people)::
 
-    python -m bench.linkem --target 127.0.0.1:50051 --up 10mbit --delay 20ms
+    python -m runtime.device.linkem --target 127.0.0.1:50051 --up 10mbit --delay 20ms
     # then type on stdin: "set up=2mbit delay=50ms", "cut reset", "cut hang", "restore"
 """
 

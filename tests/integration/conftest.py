@@ -12,8 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from partitioner import ModelGraph, enumerate_cuts, write_artifacts
-from runtime.server import BackgroundServer, Security
-from runtime.tails import TailHost
+from runtime.cloud.server import BackgroundServer, Security
+from runtime.cloud.tails import TailHost
 from tests.graphs import FAMILIES
 
 

@@ -24,8 +24,8 @@ from tritonclient.grpc import service_pb2 as kpb
 from bench import attacks
 from bench.attacks import MiB, Target, Watch
 from runtime import fastwire
+from runtime.cloud.kserve import MODEL_INFER_REQUEST, _typed_values
 from runtime.codec import Codec, Encoded
-from runtime.kserve import MODEL_INFER_REQUEST, _typed_values
 
 HEALTH_MARGIN_MS = 250.0  # a health check's longest wait during a parse or decode attack
 RSS_SLACK = 64 * MiB  # what the server may keep after an attack (allocator, arenas)

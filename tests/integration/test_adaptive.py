@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench.linkem import LinkEmulator
 from bench.processes import start_server, stop
 from partitioner import ModelGraph, cut_from_tensors, write_artifacts
-from runtime.adaptive import EdgeOptions, EdgeRuntime
-from runtime.client import SplitClient
+from runtime.cloud.tails import TailHost
+from runtime.device.adaptive import EdgeOptions, EdgeRuntime
+from runtime.device.client import SplitClient
+from runtime.device.kserve_client import KServeClient
+from runtime.device.linkem import LinkEmulator
 from runtime.engine import SessionOptions, make_session, run_session
-from runtime.kserve_client import KServeClient
-from runtime.tails import TailHost
 from tests.graphs import adaptive_model, write_adaptive_artifacts
 
 EXACT = SessionOptions(optimize=False)

@@ -21,10 +21,10 @@ from tritonclient.utils import InferenceServerException
 
 from partitioner import ModelGraph, write_artifacts
 from partitioner.cuts import cut_from_tensors
+from runtime.cloud.kserve import tail_signature
+from runtime.cloud.server import Security
+from runtime.cloud.tails import TailHost
 from runtime.engine import SessionOptions, make_session, run_session
-from runtime.kserve import tail_signature
-from runtime.server import Security
-from runtime.tails import TailHost
 from tests.graphs import write_adaptive_artifacts
 
 EXACT = SessionOptions(optimize=False)

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as kpb
 
-from runtime.client import SplitClient
+from runtime.cloud.kserve import KServeServicer
+from runtime.cloud.tails import TailHost
+from runtime.device.client import SplitClient
 from runtime.errors import NotFoundError
-from runtime.kserve import KServeServicer
-from runtime.tails import TailHost
 
 METHODS = {
     "/splitinfer.v1.SplitInference/Infer": "unary",

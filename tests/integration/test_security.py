@@ -11,10 +11,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from runtime.client import ClientTLS, SplitClient
+from runtime.cloud.server import Security
+from runtime.cloud.tails import TailHost
+from runtime.device.client import ClientTLS, SplitClient
 from runtime.errors import UnauthenticatedError, UnavailableError
-from runtime.server import Security
-from runtime.tails import TailHost
 
 
 def _pem_key(key) -> bytes:

@@ -17,10 +17,11 @@ import zstandard
 from partitioner import ModelGraph, enumerate_cuts, write_artifacts
 from partitioner.profile import ProfileOptions, profile_model
 from runtime.artifacts import load_manifest
-from runtime.batching import BatchOptions
-from runtime.client import SplitClient, stream_messages
+from runtime.cloud.batching import BatchOptions
+from runtime.cloud.tails import HostLimits, TailHost
 from runtime.codec import Codec, CodecSpec, encode
-from runtime.edge import StaticSplit
+from runtime.device.client import SplitClient, stream_messages
+from runtime.device.edge import StaticSplit
 from runtime.engine import CutRunner, SessionOptions, example_feeds
 from runtime.errors import (
     DeadlineError,
@@ -29,7 +30,6 @@ from runtime.errors import (
     OverloadedError,
     RemoteError,
 )
-from runtime.tails import HostLimits, TailHost
 from runtime.wire import splitinfer_pb2 as pb
 from tests.graphs import Builder, run
 

@@ -16,15 +16,15 @@ import tritonclient.grpc as triton
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from runtime.adaptive import EdgeOptions, EdgeRuntime
-from runtime.batching import BatchOptions
-from runtime.client import SplitClient
+from runtime.cloud.batching import BatchOptions
+from runtime.cloud.kserve import tail_signature
+from runtime.cloud.tails import TailHost
 from runtime.codec import encode
+from runtime.device.adaptive import EdgeOptions, EdgeRuntime
+from runtime.device.client import SplitClient
+from runtime.device.kserve_client import KServeClient
 from runtime.engine import SessionOptions, make_session, run_session
 from runtime.errors import NotFoundError, RemoteError
-from runtime.kserve import tail_signature
-from runtime.kserve_client import KServeClient
-from runtime.tails import TailHost
 from tests.graphs import write_adaptive_artifacts
 
 EXACT = SessionOptions(optimize=False)

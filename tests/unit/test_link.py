@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.link import LinkEstimator
+from runtime.device.link import LinkEstimator
 
 
 class Clock:
