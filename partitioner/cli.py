@@ -11,7 +11,7 @@ import json
 import math
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from partitioner.graph import ModelGraph
 from partitioner.split import write_artifacts
 from runtime.artifacts import Manifest
 from runtime.errors import SplitInferError
+from runtime.units import parse_address, parse_duration_ms, parse_rate
 
 EXIT_BAD_INPUT = 2
 
@@ -45,15 +46,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("splitinfer")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _count(items: Sized, noun: str) -> str:
+    return f"{len(items)} {noun}" + ("" if len(items) == 1 else "s")
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit status 2."""
+    """argparse, but a usage error is one line on stderr and exit status 2, and every
+    option's help shows its default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Defaults)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Defaults(argparse.HelpFormatter):
+    """Help that ends with the default, when there is one worth saying and the text
+    does not say it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, argparse.SUPPRESS, []) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,10 +92,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="splitinfer",
         description="Split a neural network into a device head and a cloud tail.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"splitinfer {_version()}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     cuts = commands.add_parser("cuts", help="list the candidate cuts of an ONNX model")
-    cuts.add_argument("model", metavar="MODEL.onnx")
+    cuts.add_argument("model", metavar="MODEL.onnx", help="the ONNX model")
     cuts.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     cuts.add_argument(
         "--max-tensors",
@@ -77,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     cuts.set_defaults(run=_cmd_cuts)
 
     split = commands.add_parser("split", help="write head and tail models for cuts")
-    split.add_argument("model", metavar="MODEL.onnx")
+    split.add_argument("model", metavar="MODEL.onnx", help="the ONNX model")
     split.add_argument(
         "--cut",
         action="append",
@@ -88,7 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     split.add_argument(
         "--plan", type=Path, metavar="PLAN.json", help="write the cuts a `plan --sweep` chose"
     )
-    split.add_argument("--out", required=True, type=Path, metavar="DIR")
+    split.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="the artifact directory to write"
+    )
     split.add_argument(
         "--no-verify",
         action="store_true",
@@ -107,7 +143,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="1x3x224x224",
         help="shape of the example input; repeat for a model with several inputs",
     )
-    export.add_argument("--out", required=True, type=Path, metavar="MODEL.onnx")
+    export.add_argument(
+        "--out", required=True, type=Path, metavar="MODEL.onnx", help="the ONNX file to write"
+    )
     export.add_argument("--static-batch", action="store_true", help="keep the batch size fixed")
     export.add_argument(
         "--opset", type=int, default=None, help="ONNX opset (default: the exporter's)"
@@ -115,8 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_cmd_export)
 
     profile = commands.add_parser("profile", help="measure every candidate cut on this machine")
-    profile.add_argument("model", metavar="MODEL.onnx")
-    profile.add_argument("--out", required=True, type=Path, metavar="PROFILE.json")
+    profile.add_argument("model", metavar="MODEL.onnx", help="the ONNX model")
+    profile.add_argument(
+        "--out", required=True, type=Path, metavar="PROFILE.json", help="the profile to write"
+    )
     profile.add_argument("--device", default="edge", help="a name for this device (default edge)")
     profile.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     profile.add_argument(
@@ -135,9 +175,13 @@ def _parser() -> argparse.ArgumentParser:
     profile.set_defaults(run=_cmd_profile)
 
     plan = commands.add_parser("plan", help="choose the cut and codec for a link")
-    plan.add_argument("model", metavar="MODEL.onnx")
-    plan.add_argument("--edge", required=True, type=Path, metavar="EDGE.json")
-    plan.add_argument("--cloud", required=True, type=Path, metavar="CLOUD.json")
+    plan.add_argument("model", metavar="MODEL.onnx", help="the ONNX model")
+    plan.add_argument(
+        "--edge", required=True, type=Path, metavar="EDGE.json", help="the device's profile"
+    )
+    plan.add_argument(
+        "--cloud", required=True, type=Path, metavar="CLOUD.json", help="the server's profile"
+    )
     plan.add_argument("--uplink", default="10mbit", help="e.g. 10mbit, 1.5gbit (default 10mbit)")
     plan.add_argument("--rtt", default="40ms", help="round-trip time, e.g. 40ms (default 40ms)")
     plan.add_argument("--downlink", default=None, help="default: as fast as the uplink")
@@ -164,18 +208,22 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check-profile", help="re-measure the cuts and compare with a profile's numbers"
     )
-    check.add_argument("model", metavar="MODEL.onnx")
-    check.add_argument("--profile", required=True, type=Path, metavar="PROFILE.json")
+    check.add_argument("model", metavar="MODEL.onnx", help="the ONNX model")
+    check.add_argument(
+        "--profile", required=True, type=Path, metavar="PROFILE.json", help="the profile to check"
+    )
     check.add_argument("--samples", type=int, default=4, help="example inputs (default 4)")
     check.add_argument("--calib", type=Path, metavar="DIR", help="calibration inputs (.npy)")
     check.set_defaults(run=_cmd_check_profile)
 
     serve = commands.add_parser("serve", help="serve the tails of artifact directories")
-    serve.add_argument("directories", nargs="+", metavar="DIR", type=Path)
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument(
+        "directories", nargs="+", metavar="DIR", type=Path, help="artifact directories"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     serve.add_argument("--port", type=int, default=50051, help="0 takes a free port")
-    serve.add_argument("--tls-cert", type=Path, metavar="PEM")
-    serve.add_argument("--tls-key", type=Path, metavar="PEM")
+    serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS: certificate")
+    serve.add_argument("--tls-key", type=Path, metavar="PEM", help="serve TLS: private key")
     serve.add_argument("--client-ca", type=Path, metavar="PEM", help="require client certificates")
     serve.add_argument("--token-file", type=Path, metavar="FILE", help="require this bearer token")
     serve.add_argument("--max-concurrent", type=int, default=2, help="tails running at once")
@@ -248,8 +296,10 @@ def _parser() -> argparse.ArgumentParser:
     triton = commands.add_parser(
         "export-triton", help="write a Triton model repository of a directory's tails"
     )
-    triton.add_argument("directory", metavar="DIR", type=Path)
-    triton.add_argument("--out", required=True, type=Path, metavar="REPO")
+    triton.add_argument("directory", metavar="DIR", type=Path, help="an artifact directory")
+    triton.add_argument(
+        "--out", required=True, type=Path, metavar="REPO", help="the repository to write"
+    )
     triton.add_argument("--max-batch", type=int, default=32, help="max_batch_size (default 32)")
     triton.add_argument(
         "--batch-delay-ms", type=float, default=2.0, help="dynamic batching's max queue delay"
@@ -257,8 +307,8 @@ def _parser() -> argparse.ArgumentParser:
     triton.set_defaults(run=_cmd_export_triton)
 
     infer = commands.add_parser("infer", help="run a model split between here and a server")
-    infer.add_argument("directory", metavar="DIR", type=Path)
-    infer.add_argument("--target", required=True, metavar="HOST:PORT")
+    infer.add_argument("directory", metavar="DIR", type=Path, help="the artifact directory")
+    infer.add_argument("--target", required=True, metavar="HOST:PORT", help="the server")
     infer.add_argument(
         "--protocol",
         choices=("splitinfer", "kserve"),
@@ -278,7 +328,7 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument("--out", type=Path, metavar="OUT.npz", help="save the outputs")
     infer.add_argument("--json", action="store_true", help="print the timing breakdown as JSON")
     infer.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
-    infer.add_argument("--token-file", type=Path, metavar="FILE")
+    infer.add_argument("--token-file", type=Path, metavar="FILE", help="send this bearer token")
     infer.add_argument("--tls-ca", type=Path, metavar="PEM", help="trust this CA (enables TLS)")
     infer.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate (mTLS)")
     infer.add_argument("--tls-key", type=Path, metavar="PEM", help="client key (mTLS)")
@@ -291,6 +341,17 @@ def _parser() -> argparse.ArgumentParser:
         "--slowdown", type=float, default=1.0, help="with --adaptive: emulate a slower device"
     )
     infer.set_defaults(run=_cmd_infer)
+
+    linkem = commands.add_parser(
+        "linkem",
+        help="emulate a slow or failing link in front of a server (a TCP proxy)",
+        description="A TCP proxy that shapes rate, delay and jitter, and cuts and restores the "
+        "link on command: type set up=2mbit | cut reset | cut hang | restore | quit.",
+    )
+    from runtime.device.linkem import add_arguments as linkem_arguments
+
+    linkem_arguments(linkem)
+    linkem.set_defaults(run=_cmd_linkem)
 
     demo = commands.add_parser(
         "demo", help="the whole system on MobileNetV2 and real photos, over an emulated link"
@@ -354,7 +415,9 @@ def _verify(directory: Path, manifest: Manifest, original: str) -> int:
             file=sys.stderr,
         )
     if not wrong:
-        print(f"verified: head -> tail equals the full model bit for bit ({len(verdicts)} cuts)")
+        print(
+            f"verified: head -> tail equals the full model bit for bit ({_count(verdicts, 'cut')})"
+        )
     return 1 if wrong else 0
 
 
@@ -400,17 +463,19 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from partitioner.plan import Constraints, Link, Planner, parse_duration_ms, parse_rate, sweep
+    from partitioner.plan import Constraints, Link, Planner, sweep
     from partitioner.profile import load_profile
     from partitioner.report import format_choice, plot_choice
 
-    graph = ModelGraph.load(args.model)
-    planner = Planner(graph, load_profile(args.edge), load_profile(args.cloud))
     link = Link(
         parse_rate(args.uplink),
         parse_duration_ms(args.rtt),
         None if args.downlink is None else parse_rate(args.downlink),
     )
+    graph = ModelGraph.load(args.model)
+    edge, cloud = load_profile(args.edge), load_profile(args.cloud)
+    _warn_if_swapped(edge, cloud, args)
+    planner = Planner(graph, edge, cloud)
     if not (math.isfinite(args.max_error) and args.max_error >= 0):
         raise ValueError("--max-error must be a finite number, 0 or more")
     codecs = None if args.codecs is None else frozenset(c.strip() for c in args.codecs.split(","))
@@ -441,6 +506,25 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     else:
         print(format_choice(choice))
     return 0
+
+
+def _warn_if_swapped(edge: Any, cloud: Any, args: argparse.Namespace) -> None:
+    """A warning (the plan is still made) when the profiles look swapped: labelled the
+    other way round (--edge measured as "cloud", or --cloud as "edge") and the "edge"
+    runs every head at least as fast as the "cloud"."""
+    swapped = edge.device != cloud.device and (edge.device == "cloud" or cloud.device == "edge")
+    faster = all(
+        e.head_ms.median_ms <= c.head_ms.median_ms
+        for e, c in zip(edge.cuts, cloud.cuts, strict=False)
+        if e.head_ms is not None and c.head_ms is not None
+    )
+    if swapped and faster:
+        print(
+            f"splitinfer: warning: --edge {args.edge} ({edge.device}, full model "
+            f"{edge.full_ms.median_ms:.2f} ms) and --cloud {args.cloud} ({cloud.device}, "
+            f"{cloud.full_ms.median_ms:.2f} ms) look swapped",
+            file=sys.stderr,
+        )
 
 
 def _cmd_check_profile(args: argparse.Namespace) -> int:
@@ -558,16 +642,19 @@ def _cmd_export_triton(args: argparse.Namespace) -> int:
 def _cmd_infer(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from runtime.artifacts import load_manifest
     from runtime.codec import CodecSpec
     from runtime.device.client import ClientTLS, SplitClient
     from runtime.device.edge import StaticSplit
+    from runtime.engine import check_feeds
 
-    feeds = {}
-    for item in args.input:
-        name, sep, file = item.partition("=")
-        if not sep or not name or not file:
-            raise ValueError(f"bad --input {item!r}: expected NAME=FILE.npy")
-        feeds[name] = np.load(file)
+    parse_address(args.target, "--target")
+    if args.repeat < 1 or not (math.isfinite(args.deadline_ms) and args.deadline_ms > 0):
+        raise ValueError("--repeat must be at least 1 and --deadline-ms positive")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise ValueError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
+    manifest = load_manifest(args.directory)
+    feeds = check_feeds(manifest.inputs, _load_inputs(args.input))
     tls = None
     if args.tls_ca is not None:
         tls = ClientTLS(
@@ -575,8 +662,6 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             certificate=_read(args.tls_cert),
             key=_read(args.tls_key),
         )
-    if args.repeat < 1 or not (math.isfinite(args.deadline_ms) and args.deadline_ms > 0):
-        raise ValueError("--repeat must be at least 1 and --deadline-ms positive")
     if args.protocol == "kserve":
         from runtime.device.kserve_client import KServeClient
 
@@ -586,36 +671,113 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     else:
         client = SplitClient(args.target, token=_token(args.token_file), tls=tls)
     runner: Any
-    if args.adaptive:
-        from runtime.device.adaptive import EdgeOptions, EdgeRuntime
-
-        options = EdgeOptions(
-            deadline_ms=args.deadline_ms, codec=args.codec or "auto", slowdown=args.slowdown
-        )
-        runner = EdgeRuntime(args.directory, client, options)
-    else:
-        runner = StaticSplit(
-            args.directory,
-            client,
-            cut=args.cut,
-            codec=CodecSpec.parse(args.codec or "raw"),
-            timeout=args.timeout,
-        )
+    say = sys.stderr if args.json else sys.stdout
     try:
-        missing = [i.name for i in runner.manifest.inputs if i.name not in feeds]
-        if missing:
-            raise ValueError(f"missing --input for model input {missing[0]!r}")
+        if args.adaptive:
+            from runtime.device.adaptive import EdgeOptions, EdgeRuntime
+
+            options = EdgeOptions(
+                deadline_ms=args.deadline_ms, codec=args.codec or "auto", slowdown=args.slowdown
+            )
+            runner = EdgeRuntime(args.directory, client, options)
+        else:
+            cut, why = _infer_cut(args.cut, manifest, client, args.timeout)
+            print(f"cut {cut}: {why}", file=say)
+            runner = (
+                _Local(args.directory, manifest)
+                if manifest.cut(cut).tail is None
+                else StaticSplit(
+                    args.directory,
+                    client,
+                    cut=cut,
+                    codec=CodecSpec.parse(args.codec or "raw"),
+                    timeout=args.timeout,
+                )
+            )
         for index in range(args.repeat):
             result = runner.infer(feeds)
             _print_result(index, result, args.json)
         if args.adaptive and not args.json:
             print(json.dumps(runner.stats()))
     finally:
-        (runner if args.adaptive else client).close()
+        (runner if args.adaptive and "runner" in locals() else client).close()
     if args.out is not None:
         arrays: dict[str, Any] = dict(result.outputs)
         np.savez(args.out, **arrays)
     return 0
+
+
+def _load_inputs(items: Sequence[str]) -> dict[str, Any]:
+    """``NAME=FILE.npy`` items as arrays, each file read as .npy by its content."""
+    from runtime.artifacts import read_npy
+
+    feeds = {}
+    for item in items:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise ValueError(f"bad --input {item!r}: expected NAME=FILE.npy")
+        try:
+            feeds[name] = read_npy(Path(file))
+        except ValueError as exc:
+            raise ValueError(f"--input {name}: {exc}") from None
+    return feeds
+
+
+def _infer_cut(
+    asked: str | None, manifest: Manifest, client: Any, timeout: float
+) -> tuple[str, str]:
+    """The cut ``infer`` uses, and why: the one asked for; else the plan's default if
+    the server serves it (or it runs on the device); else the first cut, fewest bytes
+    first, that both sides have."""
+    from runtime.errors import SplitInferError as Error
+
+    if asked is not None:
+        manifest.cut(asked)  # an unknown id is an error here, not at the server
+        return asked, "as asked"
+    default = (manifest.plan or {}).get("default", {}).get("cut")
+    if default and manifest.cut(default).tail is None:
+        return default, "the plan's default runs entirely on this device: running locally"
+    try:
+        served, _ = client.served_cuts(manifest.model, timeout=min(timeout, 5.0))
+    except Error:
+        served = None  # cannot ask: take the manifest's word
+    if default and (served is None or default in served):
+        return default, "the plan's default"
+    remote = sorted(
+        (c for c in manifest.cuts if c.tail is not None and (served is None or c.id in served)),
+        key=lambda c: (c.bytes if c.bytes is not None else float("inf"), c.head_nodes),
+    )
+    if not remote:
+        raise ValueError(
+            f"the server serves no cut of {manifest.model!r} that {len(manifest.cuts)} cut(s) "
+            "of this directory have: serve the same artifacts, or pass --cut edge"
+        )
+    why = "sends the fewest bytes of the cuts both sides have"
+    if default:
+        why = f"the plan's default {default} is not served; this one {why}"
+    return remote[0].id, why
+
+
+class _Local:
+    """``infer`` of a cut that runs entirely on the device: the full model, here."""
+
+    def __init__(self, directory: Path, manifest: Manifest) -> None:
+        from runtime.engine import make_session
+
+        self.manifest = manifest
+        self.session = make_session(directory / manifest.full)
+
+    def infer(self, feeds: dict[str, Any]) -> Any:
+        import time
+
+        from runtime.device.edge import Result
+        from runtime.engine import run_session
+
+        start = time.perf_counter()
+        outputs = run_session(self.session, feeds)
+        total = (time.perf_counter() - start) * 1000
+        ordered = {o.name: outputs[o.name] for o in self.manifest.outputs}
+        return Result(ordered, "local", "edge", {"local_ms": total, "total_ms": total})
 
 
 def _print_result(index: int, result: Any, as_json: bool) -> None:
@@ -635,6 +797,12 @@ def _print_result(index: int, result: Any, as_json: bool) -> None:
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in result.outputs.items())
     times = " ".join(f"{k.removesuffix('_ms')}={v:.2f}" for k, v in result.timing.items())
     print(f"{index}: {result.path} via cut {result.cut} ({result.codec}): {shapes}; ms: {times}")
+
+
+def _cmd_linkem(args: argparse.Namespace) -> int:
+    from runtime.device.linkem import run
+
+    return run(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -90,8 +90,15 @@ def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
             raise ModelError(f"{path}: no such file")
         if path.is_dir():
             raise ModelError(f"{path}: is a directory, expected an ONNX model file")
+        with path.open("rb") as handle:
+            start = handle.read(64).lstrip()
+        if start[:1] in (b"{", b"["):
+            raise ModelError(
+                f"{path}: is JSON (a profile, plan or manifest?), expected an ONNX model file"
+            )
         try:
-            model = onnx.load(str(path))
+            # by content, whatever the file is called (onnx picks a parser by extension)
+            model = onnx.load(str(path), format="protobuf")
         except DecodeError as exc:
             raise ModelError(
                 f"{path}: not an ONNX model (protobuf decoding failed: {exc})"

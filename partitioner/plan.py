@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,43 +38,6 @@ PLAN_FORMAT = 1
 PLAN_KIND = "splitinfer-plan"
 SWEEP_UPLINKS_MBIT = tuple(round(10 ** (e / 10), 4) for e in range(-10, 31))  # 0.1 .. 1000
 SWEEP_RTTS_MS = (5.0, 20.0, 40.0, 100.0)
-
-
-# --------------------------------------------------------------------------- units
-
-
-_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
-_RATE = re.compile(_NUMBER + r"\s*([kKmMgGtT]?)(bits?|b|B|bps|Bps|bytes?)(/s|ps)?")
-_TIME = re.compile(_NUMBER + r"\s*(us|µs|ms|s)?", re.I)
-_PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-
-
-def parse_rate(text: str) -> float:
-    """``"10mbit"``, ``"1.5gbit"``, ``"100 kbps"``, ``"2MB/s"`` -> bits per second."""
-    match = _RATE.fullmatch(text.strip())
-    if not match:
-        raise ValueError(
-            f"bad rate {text!r}: expected a number and a unit, like 10mbit, 1.5gbit or 2MB/s"
-        )
-    value, prefix, unit = float(match.group(1)), match.group(2), match.group(3)
-    bits = value * _PREFIX[prefix.lower()]
-    if unit.startswith(("B", "byte")):  # B, Bps, byte(s): bytes; b, bit(s), bps: bits
-        bits *= 8
-    if not (math.isfinite(bits) and bits > 0):
-        raise ValueError(f"bad rate {text!r}: it must be a positive, finite number")
-    return bits
-
-
-def parse_duration_ms(text: str) -> float:
-    """``"40ms"``, ``"0.1s"``, ``"250us"`` -> milliseconds (a bare number is ms)."""
-    match = _TIME.fullmatch(text.strip())
-    if not match:
-        raise ValueError(f"bad duration {text!r}: expected a number and a unit, like 40ms or 0.1s")
-    value, unit = float(match.group(1)), (match.group(2) or "ms").lower()
-    ms = value * {"us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-    if not math.isfinite(ms):
-        raise ValueError(f"bad duration {text!r}: it must be finite")
-    return ms
 
 
 @dataclass(frozen=True)

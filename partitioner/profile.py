@@ -33,7 +33,7 @@ import onnxruntime as ort
 from partitioner.cuts import Cut, enumerate_cuts
 from partitioner.graph import ModelGraph, is_sendable
 from partitioner.split import model_sha256, submodel, write_artifacts
-from runtime.artifacts import read_json
+from runtime.artifacts import TensorSpec, read_json
 from runtime.codec import Codec, CodecSpec, decode, encode, encoded_size
 from runtime.engine import CutRunner, SessionOptions, make_session, run_session
 from runtime.errors import ProfileError, SplitInferError
@@ -179,49 +179,63 @@ def calibration_feeds(
         return example_feeds([graph.spec(i) for i in graph.inputs], batch=samples, seed=seed)
     if not calib.is_dir():
         raise SplitInferError(f"{calib}: not a directory of .npy files")
-    feeds = {}
+    feeds, sources = {}, {}  # sources: the files each input was read from, for messages
     for name in graph.inputs:
         path = calib / f"{name}.npy"
         if path.exists():
-            feeds[name] = np.load(path)
+            feeds[name], sources[name] = _read(path), str(path)
     if not feeds and len(graph.inputs) == 1:
         files = sorted(calib.glob("*.npy"))
         if files:
-            feeds[graph.inputs[0]] = np.concatenate([np.load(f) for f in files])
+            arrays = [_read(f) for f in files]
+            name = graph.inputs[0]
+            sources[name] = str(files[0]) if len(files) == 1 else f"{calib}/*.npy"
+            for path, array in zip(files, arrays, strict=True):
+                _check_calibration(str(path), array, graph.spec(name))
+            feeds[name] = np.concatenate(arrays)
     missing = [i for i in graph.inputs if i not in feeds]
     if missing:
         raise SplitInferError(
             f"{calib}: no calibration data for input {missing[0]!r} (expected {missing[0]}.npy)"
         )
     for name, array in feeds.items():
-        spec = graph.spec(name)
-        if array.dtype.name != spec.dtype:
-            raise SplitInferError(
-                f"{calib}/{name}.npy has dtype {array.dtype}, the model expects {spec.dtype}"
-            )
-        _check_calibration_shape(calib, name, array, spec.shape)
+        _check_calibration(sources[name], array, graph.spec(name))
     counts = {len(a) for a in feeds.values()}
     if len(counts) != 1:
         raise SplitInferError(f"{calib}: inputs have different sample counts {sorted(counts)}")
     return feeds
 
 
-def _check_calibration_shape(
-    calib: Path, name: str, array: np.ndarray, shape: tuple[int | str | None, ...] | None
-) -> None:
+def _read(path: Path) -> np.ndarray:
+    from runtime.artifacts import read_npy
+
+    try:
+        return read_npy(path)
+    except ValueError as exc:
+        raise SplitInferError(str(exc)) from None
+
+
+def _check_calibration(source: str, array: np.ndarray, spec: TensorSpec) -> None:
+    """One input's calibration data (read from ``source``) against the model's input."""
+    if array.dtype.name != spec.dtype:
+        raise SplitInferError(
+            f"{source} has dtype {array.dtype}, the model's input {spec.name!r} takes {spec.dtype}"
+        )
+    shape = spec.shape
     if array.ndim == 0:
-        raise SplitInferError(f"{calib}/{name}.npy is a scalar; expected samples along axis 0")
+        raise SplitInferError(f"{source} is a scalar; expected samples along axis 0")
     if shape is None:
         return
     if array.ndim != len(shape):
         raise SplitInferError(
-            f"{calib}/{name}.npy has shape {list(array.shape)}, the model expects rank "
+            f"{source} has shape {list(array.shape)}, the model's input {spec.name!r} has rank "
             f"{len(shape)} ({list(shape)})"
         )
     for axis, (want, got) in enumerate(zip(shape[1:], array.shape[1:], strict=True), 1):
         if isinstance(want, int) and want != got:
             raise SplitInferError(
-                f"{calib}/{name}.npy has {got} on dimension {axis}, the model expects {want}"
+                f"{source} has {got} on dimension {axis}, the model's input {spec.name!r} "
+                f"takes {want} ({list(shape)})"
             )
 
 

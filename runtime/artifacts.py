@@ -206,3 +206,20 @@ def load_manifest(directory: str | Path) -> Manifest:
         return Manifest.from_json(obj)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ArtifactError(f"{path}: malformed manifest: missing or bad field {exc}") from exc
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """The array in a ``.npy`` file, read by its content (never unpickled); ValueError
+    naming the file when it is missing, an ``.npz`` archive, or not ``.npy`` at all."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    with path.open("rb") as handle:
+        magic = handle.read(6)
+    if magic.startswith(b"PK"):
+        raise ValueError(f"{path} is an .npz archive; give one .npy file per input (numpy.save)")
+    if magic != b"\x93NUMPY":
+        raise ValueError(f"{path} is not a .npy file (save arrays with numpy.save)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {' '.join(str(exc).split())}") from None

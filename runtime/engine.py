@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime.artifacts import CutArtifact, Manifest, TensorSpec
-from runtime.errors import ArtifactError, ModelError
+from runtime.errors import ArtifactError, InvalidInputError, ModelError
 
 T = TypeVar("T")
 
@@ -178,3 +178,55 @@ def example_feeds(
         else:
             feeds[spec.name] = np.zeros(shape, dtype=dtype)
     return feeds
+
+
+def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``feeds`` checked against the model's inputs before anything runs: exactly their
+    names, each with its dtype, rank and fixed dimensions, named dimensions (the batch)
+    the same across inputs. InvalidInputError says what was expected, what came and
+    what to do."""
+    wanted = ", ".join(f"{s.name} {_spec(s)}" for s in specs)
+    names = {s.name for s in specs}
+    unknown = [n for n in feeds if n not in names]
+    if unknown:
+        raise InvalidInputError(f"unknown input {unknown[0]!r}: the model takes {wanted}")
+    checked: dict[str, np.ndarray] = {}
+    symbols: dict[str, tuple[int, str]] = {}
+    for spec in specs:
+        if spec.name not in feeds:
+            raise InvalidInputError(f"missing input {spec.name!r}: the model takes {wanted}")
+        value = np.asarray(feeds[spec.name])
+        where = f"input {spec.name!r}"
+        if value.dtype.name != spec.dtype:
+            raise InvalidInputError(
+                f"{where}: expected {spec.dtype}, received {value.dtype.name} "
+                f"(convert it with .astype({spec.dtype!r}))"
+            )
+        if spec.shape is not None:
+            if value.ndim != len(spec.shape):
+                raise InvalidInputError(
+                    f"{where}: expected rank {len(spec.shape)} {_spec(spec)}, received rank "
+                    f"{value.ndim} {list(value.shape)}"
+                )
+            for axis, (want, got) in enumerate(zip(spec.shape, value.shape, strict=True)):
+                if isinstance(want, int) and want != got:
+                    raise InvalidInputError(
+                        f"{where}: dimension {axis} must be {want} {_spec(spec)}, received "
+                        f"{got} {list(value.shape)}"
+                    )
+                if isinstance(want, str):
+                    seen = symbols.setdefault(want, (got, spec.name))
+                    if seen[0] != got:
+                        raise InvalidInputError(
+                            f"{where}: dimension {want!r} is {got}, but input {seen[1]!r} has "
+                            f"it as {seen[0]}"
+                        )
+        checked[spec.name] = value
+    return checked
+
+
+def _spec(spec: TensorSpec) -> str:
+    dims = (
+        "?" if spec.shape is None else ", ".join("?" if d is None else str(d) for d in spec.shape)
+    )
+    return f"{spec.dtype}[{dims}]"

@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import io
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -109,7 +110,15 @@ def export_module(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     weight_bytes = sum(p.numel() * p.element_size() for p in module.state_dict().values())
+    shapes = " and ".join("x".join(map(str, s)) for s in input_shapes)
     with torch.no_grad(), _quiet():
+        try:  # the module itself first: wrong shapes fail here, with the module's words
+            module(*args)
+        except Exception as exc:
+            raise ExportError(
+                f"the module does not run on {len(args)} input(s) of shape {shapes}: "
+                f"{_cause(exc)}; check --input-shape (one per forward() argument)"
+            ) from None
         try:
             program = torch.onnx.export(
                 module,
@@ -123,10 +132,7 @@ def export_module(
             )
             expected = module(*args)
         except Exception as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ExportError(
-                f"torch could not export the module: {type(exc).__name__}: {message}"
-            ) from exc
+            raise ExportError(f"torch could not export the module: {_cause(exc)}") from None
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     data = out.with_name(out.name + ".data")
@@ -134,6 +140,18 @@ def export_module(
     program.save(str(out), external_data=weight_bytes > external_data_bytes)
     _check_against_module(out, args, expected)
     return out
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _cause(exc: BaseException) -> str:
+    """The deepest cause of ``exc`` as one line: its type and the first line of its
+    message, without the terminal colours torch's exporter adds."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [line.strip() for line in ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _import_torch():  # type: ignore[no-untyped-def]
@@ -159,15 +177,16 @@ def _example(torch, shape: Sequence[int], dynamic_batch: bool, seed: int):  # ty
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence the exporter's progress prints and warnings; errors still raise."""
-    loggers = [
-        logging.getLogger(name)
-        for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")
-    ]
+    loggers = [logging.getLogger(name) for name in ("torch", "onnxscript")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)  # the error travels as an ExportError, said once
     try:
-        with contextlib.redirect_stdout(io.StringIO()), _no_warnings():
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+            _no_warnings(),
+        ):
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):

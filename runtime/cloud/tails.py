@@ -114,6 +114,12 @@ class TailHost:
                     )
                     _warm(session, cut)
                     served.sessions[cut.id] = session
+            if not served.sessions:
+                raise ArtifactError(
+                    f"{directory}: none of its {len(served.manifest.cuts)} cut(s) has a tail "
+                    "(cuts/<id>/tail.onnx in manifest.json): nothing to serve; split at a cut "
+                    "other than edge"
+                )
             self.models[served.name] = served
 
     def model(self, name: str) -> ServedModel:

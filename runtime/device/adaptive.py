@@ -43,6 +43,7 @@ from runtime.engine import (
     CutRunner,
     SessionOptions,
     SlowDevice,
+    check_feeds,
     example_feeds,
     make_session,
     run_session,
@@ -343,6 +344,7 @@ class EdgeRuntime:
     def infer(self, feeds: Mapping[str, np.ndarray]) -> Result:
         """Every model output for ``feeds``; path "local", "split" or "fallback"."""
         start = time.perf_counter()
+        feeds = check_feeds(self.manifest.inputs, feeds)  # the caller's mistake: raised
         self._last_request = time.monotonic()
         route = self._choose()
         if route is not None and self.breaker.allow():
@@ -418,6 +420,8 @@ class EdgeRuntime:
         missing = [o.name for o in self.manifest.outputs if o.name not in outputs]
         if missing:
             raise RemoteError(f"the server's answer lacks output {missing[0]!r}", "INVALID")
+        decode_ms = reply.decode_ms
+        total_ms = (time.perf_counter() - start) * 1000
         return Result(
             {o.name: outputs[o.name] for o in self.manifest.outputs},
             "split",
@@ -425,10 +429,11 @@ class EdgeRuntime:
             {
                 "head_ms": head_ms,
                 "encode_ms": encode_ms,
-                "network_ms": network_ms,
+                # everything else the request took: the parts add up to the total
+                "network_ms": max(0.0, total_ms - head_ms - encode_ms - server_ms - decode_ms),
                 "server_ms": server_ms,
-                "decode_ms": reply.decode_ms,
-                "total_ms": (time.perf_counter() - start) * 1000,
+                "decode_ms": decode_ms,
+                "total_ms": total_ms,
             },
             codec,
         )
@@ -465,15 +470,19 @@ class EdgeRuntime:
     def _run_local(
         self, feeds: Mapping[str, np.ndarray], start: float, path: str, cut: str
     ) -> Result:
+        began = time.perf_counter()
         values, local_ms = self.device.run(LOCAL, run_session, self.local, feeds)
         with self._lock:
             self.local_ms = _blend(self.local_ms, local_ms)
             self._count(path, cut if path == "fallback" else "edge")
+        # before the local run: choosing, and for a fallback the split that failed
+        timing = {"local_ms": local_ms, "total_ms": (time.perf_counter() - start) * 1000}
+        timing["split_ms" if path == "fallback" else "choose_ms"] = (began - start) * 1000
         return Result(
             {o.name: values[o.name] for o in self.manifest.outputs},
             path,
             "edge" if path == "local" else cut,
-            {"local_ms": local_ms, "total_ms": (time.perf_counter() - start) * 1000},
+            timing,
         )
 
     def _count(self, path: str, cut: str) -> None:

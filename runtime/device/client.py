@@ -151,7 +151,9 @@ class SplitClient:
         )
         request = fastwire.write(header, tensors)
         if len(request) <= self.max_request_bytes:
-            return Pending(self._infer.future(request, timeout=timeout, metadata=self.metadata))
+            start = time.perf_counter()  # the round trip: from the call leaving
+            future = self._infer.future(request, timeout=timeout, metadata=self.metadata)
+            return Pending(future, start=start)
         del request
         stream = _Streamed(self, model, cut, tensors, response_codec, timeout)
         return Pending(
@@ -306,11 +308,15 @@ class Pending:
     """An Infer call in flight."""
 
     def __init__(
-        self, future: CallFuture, parse: Callable[[Any, float], Reply] | None = None
+        self,
+        future: CallFuture,
+        parse: Callable[[Any, float], Reply] | None = None,
+        *,
+        start: float | None = None,
     ) -> None:
         self.future = future
         self.parse = parse or _parse_reply  # (response, round trip ms) -> Reply
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() if start is None else start  # when the call left
 
     def done(self) -> bool:
         return self.future.done()

@@ -56,8 +56,9 @@ class KServeClient(SplitClient):
                 raise InvalidInputError(f"{tensor.name!r}: {tensor.dtype} has no KServe type")
             request.inputs.add(name=tensor.name, datatype=DTYPES[tensor.dtype], shape=tensor.shape)
             request.raw_input_contents.append(bytes(tensor.payload))
+        start = time.perf_counter()
         future = self.kstub.ModelInfer.future(request, timeout=timeout, metadata=self.metadata)
-        return Pending(future, _parse)
+        return Pending(future, _parse, start=start)
 
     def infer(self, model: str, cut: str, tensors: Sequence[Encoded], **options: Any) -> Reply:
         """As start_infer, waiting for the answer."""

@@ -33,7 +33,10 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+
+from runtime.units import parse_address, parse_duration_ms, parse_rate
 
 CHUNK = 16 * 1024
 
@@ -265,58 +268,108 @@ def _reset(writer: asyncio.StreamWriter) -> None:
         writer.transport.abort()
 
 
-def _rate(text: str) -> float | None:
-    from partitioner.plan import parse_rate
+USAGE = (
+    "commands: set [up=RATE] [down=RATE] [delay=TIME] [jitter=TIME] (RATE: 2mbit or off) "
+    "| cut [reset|hang] | restore | quit"
+)
 
+
+def _rate(text: str) -> float | None:
     return None if text in ("", "none", "off") else parse_rate(text)
 
 
-def main() -> int:
-    from partitioner.plan import parse_duration_ms
+def parser() -> argparse.ArgumentParser:
+    """The emulator's options (``splitinfer linkem``)."""
+    made = argparse.ArgumentParser(
+        prog="splitinfer linkem",
+        description="Emulate a link between a device and a server: a TCP proxy that shapes "
+        "rate, delay and jitter and can cut and restore the link on command.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_arguments(made)
+    return made
 
-    parser = argparse.ArgumentParser(description="Emulate a link between a device and a server.")
-    parser.add_argument("--target", required=True, metavar="HOST:PORT")
-    parser.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT")
-    parser.add_argument("--up", default="", help="uplink rate, e.g. 10mbit (default unshaped)")
-    parser.add_argument("--down", default="", help="downlink rate (default unshaped)")
-    parser.add_argument("--delay", default="0ms", help="one-way delay, e.g. 20ms")
-    parser.add_argument("--jitter", default="0ms", help="extra random one-way delay, up to this")
-    args = parser.parse_args()
-    host, _, port = args.target.rpartition(":")
-    listen_host, _, listen_port = args.listen.rpartition(":")
+
+def add_arguments(made: argparse.ArgumentParser) -> None:
+    made.add_argument("--target", required=True, metavar="HOST:PORT", help="the server")
+    made.add_argument(
+        "--listen", default="127.0.0.1:0", metavar="HOST:PORT", help="where devices connect"
+    )
+    made.add_argument("--up", default="off", help="uplink rate, e.g. 10mbit; off: unshaped")
+    made.add_argument("--down", default="off", help="downlink rate, e.g. 50mbit; off: unshaped")
+    made.add_argument("--delay", default="0ms", help="one-way delay, e.g. 20ms")
+    made.add_argument("--jitter", default="0ms", help="extra random one-way delay, up to this")
+
+
+def run(args: argparse.Namespace, commands: Iterable[str] = sys.stdin) -> int:
+    """Start the emulator for parsed ``args`` and follow ``commands`` (lines) until
+    ``quit`` or their end. Bad options raise ValueError (nothing started); a bad
+    command is answered on stderr with the usage and the link goes on."""
+    host, port = parse_address(args.target, "--target")
+    listen_host, listen_port = parse_address(args.listen, "--listen")
     link = LinkEmulator(
         host,
-        int(port),
+        port,
         up_bps=_rate(args.up),
         down_bps=_rate(args.down),
         delay_ms=parse_duration_ms(args.delay),
         jitter_ms=parse_duration_ms(args.jitter),
         listen_host=listen_host,
-        listen_port=int(listen_port),
+        listen_port=listen_port,
     ).start()
     print(f"listening on {link.address}", flush=True)
-    for line in sys.stdin:
-        words = line.split()
-        if not words:
-            continue
-        if words[0] == "cut":
-            link.cut(words[1] if len(words) > 1 else "reset")
-        elif words[0] == "restore":
-            link.restore()
-        elif words[0] == "set":
-            values = dict(w.split("=", 1) for w in words[1:])
-            link.set(
-                up_bps=_rate(values["up"]) if "up" in values else "keep",
-                down_bps=_rate(values["down"]) if "down" in values else "keep",
-                delay_ms=parse_duration_ms(values["delay"]) if "delay" in values else None,
-                jitter_ms=parse_duration_ms(values["jitter"]) if "jitter" in values else None,
-            )
-        else:
-            print(f"unknown command {words[0]!r}: set, cut [reset|hang], restore", file=sys.stderr)
-            continue
-        print(f"ok {line.strip()}", flush=True)
-    link.stop()
+    try:
+        for line in commands:
+            words = line.split()
+            if words in (["quit"], ["exit"]):
+                break
+            if not words:
+                continue
+            try:
+                _command(link, words)
+            except ValueError as exc:
+                print(f"error: {exc}; {USAGE}", file=sys.stderr, flush=True)
+                continue
+            print(f"ok {' '.join(words)}", flush=True)
+    finally:
+        link.stop()
     return 0
+
+
+def _command(link: LinkEmulator, words: list[str]) -> None:
+    """Carry out one command; ValueError, changing nothing, for one that is wrong."""
+    verb, rest = words[0], words[1:]
+    if verb == "cut":
+        if len(rest) > 1 or (rest and rest[0] not in ("reset", "hang")):
+            raise ValueError(f"cut takes reset or hang, not {' '.join(rest)!r}")
+        link.cut(rest[0] if rest else "reset")
+    elif verb == "restore" and not rest:
+        link.restore()
+    elif verb == "set" and rest:
+        values = {}
+        for word in rest:
+            key, sep, value = word.partition("=")
+            if not sep or key not in ("up", "down", "delay", "jitter"):
+                raise ValueError(f"set takes up=, down=, delay= and jitter=, not {word!r}")
+            values[key] = value
+        up = _rate(values["up"]) if "up" in values else "keep"
+        down = _rate(values["down"]) if "down" in values else "keep"
+        delay = parse_duration_ms(values["delay"]) if "delay" in values else None
+        jitter = parse_duration_ms(values["jitter"]) if "jitter" in values else None
+        link.set(up_bps=up, down_bps=down, delay_ms=delay, jitter_ms=jitter)
+    else:
+        raise ValueError(f"unknown command {' '.join(words)!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m runtime.device.linkem``, as ``splitinfer linkem``: bad options are
+    one line on stderr and exit status 2."""
+    args = parser().parse_args(argv)
+    try:
+        return run(args)
+    except ValueError as exc:
+        print(f"splitinfer linkem: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

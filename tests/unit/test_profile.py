@@ -113,7 +113,9 @@ def test_calibration_inputs_from_a_directory(chain, tmp_path):
     feeds = calibration_feeds(chain, calib=tmp_path)
     assert feeds["image"].shape == (3, 3, 16, 16)
     np.save(tmp_path / "image.npy", np.ones((3, 3, 16, 16), np.float64))
-    with pytest.raises(Exception, match="dtype float64, the model expects float32"):
+    with pytest.raises(
+        Exception, match="image.npy has dtype float64, the model.s input .image. takes float32"
+    ):
         calibration_feeds(chain, calib=tmp_path)
 
 
