@@ -114,7 +114,7 @@ def test_calibration_inputs_from_a_directory(chain, tmp_path):
     assert feeds["image"].shape == (3, 3, 16, 16)
     np.save(tmp_path / "image.npy", np.ones((3, 3, 16, 16), np.float64))
     with pytest.raises(
-        Exception, match="image.npy has dtype float64, the model.s input .image. takes float32"
+        Exception, match=r"image.npy has dtype float64, the model.s input .image. takes float32"
     ):
         calibration_feeds(chain, calib=tmp_path)
 
@@ -197,7 +197,7 @@ def test_profiles_with_impossible_errors_or_settings_are_refused(
 
 def test_calibration_arrays_of_the_wrong_rank_are_refused(chain, tmp_path):
     np.save(tmp_path / "image.npy", np.ones((2, 5), np.float32))
-    with pytest.raises(Exception, match="input .image. has rank 4"):
+    with pytest.raises(Exception, match=r"input .image. has rank 4"):
         calibration_feeds(chain, calib=tmp_path)
     np.save(tmp_path / "image.npy", np.float32(1.0))
     with pytest.raises(Exception, match="scalar"):
