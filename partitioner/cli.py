@@ -15,7 +15,7 @@ from collections.abc import Sequence, Sized
 from pathlib import Path
 from typing import Any
 
-from partitioner.cuts import DEFAULT_MAX_TENSORS, Cut, enumerate_cuts, resolve_cut
+from partitioner.cuts import DEFAULT_MAX_TENSORS, Cut, enumerate_cuts, left_out, resolve_cut
 from partitioner.graph import ModelGraph
 from partitioner.split import write_artifacts
 from runtime.artifacts import Manifest
@@ -373,6 +373,8 @@ def _cmd_cuts(args: argparse.Namespace) -> int:
         print(json.dumps([c.to_json() for c in cuts], indent=2))
     else:
         print(format_cuts(cuts))
+        for reason in left_out(graph, limit):
+            print(f"left out: {reason}")
     return 0
 
 

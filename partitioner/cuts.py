@@ -97,18 +97,51 @@ def enumerate_cuts(
     ]
 
 
-@functools.lru_cache(maxsize=8)
+def left_out(graph: ModelGraph, max_tensors: int | None = DEFAULT_MAX_TENSORS) -> list[str]:
+    """Why ``enumerate_cuts`` leaves cuts out, a line per reason with the count: cuts
+    that would send a value that is not a typed tensor of known rank (named), and cuts
+    crossed by more than ``max_tensors`` tensors."""
+    reasons = []
+    unsendable = _census(graph)[1]
+    if unsendable:
+        names = sorted({t for cut in unsendable for t in cut})
+        shown = ", ".join(f"{n} ({graph.spec(n).dtype})" for n in names[:3])
+        reasons.append(
+            f"{len(unsendable)} cut(s) would send a value that is not a typed tensor of "
+            f"known rank: {shown}{' ...' if len(names) > 3 else ''}"
+        )
+    if max_tensors is not None:
+        wide = [c for c in _all_cuts(graph) if len(c.tensors) > max_tensors]
+        wide = [c for c in wide if c.id not in (CLOUD_ONLY, EDGE_ONLY)]
+        if wide:
+            reasons.append(
+                f"{len(wide)} cut(s) crossed by more than {max_tensors} tensors "
+                "(--max-tensors 0 lists them)"
+            )
+    return reasons
+
+
 def _all_cuts(graph: ModelGraph) -> tuple[Cut, ...]:
+    return _census(graph)[0]
+
+
+@functools.lru_cache(maxsize=8)
+def _census(graph: ModelGraph) -> tuple[tuple[Cut, ...], tuple[frozenset[str], ...]]:
+    """Every cut that can be offered, and the tensors of those that cannot."""
     if not graph.nodes:
         raise UnsupportedModelError(
             "the model has no node that depends on its inputs: there is nothing to split"
         )
     candidates = _candidate_heads(graph)
-    cuts = []
+    cuts, unsendable = [], []
     for cut_id, head in _assign_ids(graph, candidates):
-        if all(is_sendable(graph.spec(t)) for t in candidates[head]):
+        crossing = candidates[head]
+        bad = frozenset(t for t in crossing if not is_sendable(graph.spec(t)))
+        if bad:
+            unsendable.append(bad)
+        else:
             cuts.append(make_cut(graph, head, cut_id))
-    return tuple(cuts)
+    return tuple(cuts), tuple(unsendable)
 
 
 def _candidate_heads(graph: ModelGraph) -> dict[int, frozenset[str]]:

@@ -290,6 +290,9 @@ def _infer_shapes(model: onnx.ModelProto) -> None:
     missing = [name for name in dict.fromkeys(wanted) if name not in known]
     if missing:
         known.update(_onnxruntime_inference(light, missing))
+    missing = [name for name in missing if name not in known]
+    if missing:
+        known.update(_measured_shapes(model, missing))
     weights = {init.name for init in model.graph.initializer}
     interface = {vi.name for vi in (*model.graph.input, *model.graph.output)}
     del model.graph.value_info[:]
@@ -366,6 +369,49 @@ def _onnxruntime_inference(
         if out.name in wanted and elem_type is not None and out.shape:
             dims = [d if isinstance(d, (int, str)) else None for d in out.shape]
             found[out.name] = helper.make_tensor_value_info(out.name, elem_type, dims)
+    return found
+
+
+def _measured_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, onnx.ValueInfoProto]:
+    """Types and shapes of ``names`` as ONNX Runtime computes them on example inputs,
+    for what neither inference knows (ops of ``ai.onnx.ml`` and custom domains often
+    declare no shape function). Run with batches of 2 and 3: a dimension that follows
+    the batch is the batch's symbol, the others are fixed. Nothing when the model does
+    not run on example inputs (indices, token ids...)."""
+    from runtime.engine import example_feeds
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {out.name for out in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in outputs)
+    weights = {init.name for init in model.graph.initializer}
+    specs = [spec_from_value_info(i) for i in model.graph.input if i.name not in weights]
+    batch = next(
+        (d for s in specs if s.shape and isinstance(s.shape[0], str) for d in [s.shape[0]]),
+        "N",
+    )
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(
+            probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        runs = [
+            dict(zip(names, session.run(names, example_feeds(specs, batch=b)), strict=True))
+            for b in (2, 3)
+        ]
+    except Exception:  # made-up inputs break data-dependent models: shapes stay unknown
+        return {}
+    found = {}
+    for name in names:
+        first, second = np.asarray(runs[0][name]), np.asarray(runs[1][name])
+        elem_type = helper.np_dtype_to_tensor_dtype(first.dtype) if first.dtype.kind != "O" else 0
+        if not elem_type or first.ndim != second.ndim:
+            continue
+        dims: list[int | str] = [
+            a if a == b else batch for a, b in zip(first.shape, second.shape, strict=True)
+        ]
+        found[name] = helper.make_tensor_value_info(name, elem_type, dims)
     return found
 
 

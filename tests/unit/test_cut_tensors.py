@@ -139,3 +139,28 @@ def test_a_tensor_name_with_a_comma_can_be_cut():
     b.output(b.op("Neg", ["a,b"]))
     graph = ModelGraph.load(b.model())
     assert resolve_cut(graph, "a,b").tensor_names == ("a,b",)
+
+
+def test_cuts_left_out_are_counted_with_their_reason(tmp_path):
+    from onnx import TensorProto, helper
+
+    from partitioner.cuts import left_out
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("SequenceConstruct", ["r", "r"], ["seq"]),
+        helper.make_node("SequenceAt", ["seq", "zero"], ["at"]),
+        helper.make_node("Neg", ["at"], ["y"]),
+    ]
+    zero = helper.make_tensor("zero", TensorProto.INT64, [], [0])
+    model = helper.make_model(
+        helper.make_graph(nodes, "seq", [x], [y], [zero]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    graph = ModelGraph.load(model)
+    offered = {c.id for c in enumerate_cuts(graph, max_tensors=None)}
+    (reason,) = left_out(graph, None)
+    assert reason.startswith("1 cut(s) would send a value that is not a typed tensor")
+    assert "seq (" in reason and len(offered) == len(graph.nodes)  # one cut missing
