@@ -73,10 +73,10 @@ class Batcher:
         compute: Compute,
         options: BatchOptions,
         slots: asyncio.Semaphore,
-        on_run: Callable[[int], None] | None = None,
+        on_run: Callable[[int, float], None] | None = None,
     ) -> None:
         self.compute = compute
-        self.on_run = on_run  # told each run's size in samples
+        self.on_run = on_run  # told each run's size in samples and its time (ms)
         self.options = options
         self.slots = slots
         self.queue: collections.deque[_Waiting] = collections.deque()
@@ -185,7 +185,7 @@ class Batcher:
         compute_ms = (time.perf_counter() - started) * 1000
         if self.on_run is not None:
             for size in sizes:
-                self.on_run(size)
+                self.on_run(size, compute_ms / len(sizes))
         for waiting, part in zip(batch, results, strict=True):
             if not waiting.future.done():
                 queue_ms = (started - waiting.enqueued) * 1000

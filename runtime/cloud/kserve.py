@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,8 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 PROTOCOL = "kserve"  # the metrics' protocol label
 VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
+# what ServerMetadata says this server implements beyond the core protocol
+EXTENSIONS = ("statistics", "binary_tensor_data")
 
 # InferTensorContents field per datatype, for inputs sent typed instead of raw
 CONTENTS = {
@@ -235,7 +237,9 @@ class KServeServicer:
     async def ServerMetadata(self, request: bytes, context: grpc.aio.ServicerContext) -> Any:
         async def metadata() -> kpb.ServerMetadataResponse:
             self._check(request, context, kpb.ServerMetadataRequest)
-            return kpb.ServerMetadataResponse(name="splitinfer", version=_version())
+            return kpb.ServerMetadataResponse(
+                name="splitinfer", version=_version(), extensions=list(EXTENSIONS)
+            )
 
         return await respond(context, metadata())
 
@@ -282,6 +286,22 @@ class KServeServicer:
 
         return await respond(context, index())
 
+    async def ModelStatistics(self, request: bytes, context: grpc.aio.ServicerContext) -> Any:
+        async def statistics() -> kpb.ModelStatisticsResponse:
+            asked = self._check(request, context, kpb.ModelStatisticsRequest)
+            return self.statistics(asked.name, asked.version)
+
+        return await respond(context, statistics())
+
+    def statistics(self, name: str = "", version: str = "") -> kpb.ModelStatisticsResponse:
+        """The statistics extension: one tail's, or every tail's when ``name`` is empty."""
+        if name:
+            tail = self._tail(name, version)
+            tails = [(tail.model, tail.cut)]
+        else:
+            tails = [(t.model, t.cut) for _, t in sorted(self.tails.items())]
+        return self.service.metrics.statistics.proto(tails)
+
     # ---- inference
 
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> Any:
@@ -306,57 +326,94 @@ class KServeServicer:
     ) -> bytes:
         """One request, read by MODEL_INFER_REQUEST: its ModelInferResponse's bytes."""
         request = parts.message
-        tail = self._tail(request.model_name, request.model_version)
-        call.label(tail.model, tail.cut, Codec.RAW.value)
-        wanted = self._outputs(request)
         tensors, typed = _tensors(parts)
-        call.bytes_in = sum(len(t.payload) for t in tensors)
-        if typed:  # shapes and sizes checked, and their bytes held, before any conversion
+
+        async def convert(tail: _Tail, tensors: list[Encoded]) -> list[Encoded]:
+            if not typed:
+                return tensors
+            # shapes and sizes checked, and their bytes held, before any conversion
             self.service.check(tail.model, tail.cut, tensors)
             nbytes = sum(_nbytes(tensors[i]) for i in typed)
             hold.grow(nbytes, "the request's typed contents")
-            convert = lambda: _converted(parts, tensors, typed)  # noqa: E731
-            tensors = await self.service.offload(convert, nbytes, stream=stream)
-        answer = await self.service.infer(
-            tail.model, tail.cut, tensors, None, context, hold, stream=stream
+            work = lambda: _converted(parts, tensors, typed)  # noqa: E731
+            return await self.service.offload(work, nbytes, stream=stream)
+
+        asked = [o.name for o in request.outputs]
+        outputs, server_ms = await self.run(
+            request.model_name,
+            request.model_version,
+            asked,
+            tensors,
+            context,
+            call,
+            hold,
+            stream=stream,
+            convert=convert,
         )
-        by_name = {o.name: o for o in answer.outputs}
         response = kpb.ModelInferResponse(
             model_name=request.model_name, model_version=VERSION, id=request.id
         )
-        server_ms = answer.queue_ms + answer.decode_ms + answer.compute_ms + answer.encode_ms
         response.parameters["server_ms"].double_param = server_ms
-        payloads = []
-        for name in wanted:
-            output = by_name[name]
-            response.outputs.add(name=name, datatype=DTYPES[output.dtype], shape=output.shape)
-            payloads.append(output.payload)
-        call.bytes_out = size = sum(len(p) for p in payloads)
+        for output in outputs:
+            response.outputs.add(
+                name=output.name, datatype=DTYPES[output.dtype], shape=output.shape
+            )
+        size = sum(len(o.payload) for o in outputs)
 
         def write() -> bytes:
-            pieces = [fastwire.bulk_field(RAW_OUTPUT_CONTENTS, p) for p in payloads]
+            pieces = [fastwire.bulk_field(RAW_OUTPUT_CONTENTS, o.payload) for o in outputs]
             return b"".join([response.SerializeToString(), *(b for p in pieces for b in p)])
 
         data = await self.service.offload(write, size, stream=stream)
         hold.grow(SENT_COPIES * len(data), "the answer")
         return data
 
-    def _outputs(self, request: Any) -> list[str]:
-        """The outputs the request asks for (all by default), checked before any work."""
-        _, outputs = self._signature(request.model_name)
-        wanted = [o.name for o in request.outputs] or [o.name for o in outputs]
+    async def run(
+        self,
+        name: str,
+        version: str,
+        asked: list[str],
+        tensors: list[Encoded],
+        context: Any,
+        call: Call,
+        hold: Hold,
+        *,
+        stream: bool = False,
+        convert: Callable[[_Tail, list[Encoded]], Awaitable[list[Encoded]]] | None = None,
+    ) -> tuple[list[Encoded], float]:
+        """One inference request of either KServe protocol (gRPC, REST): the outputs
+        asked for (all by default), in order, and the time the server spent (ms)."""
+        tail = self._tail(name, version)
+        call.label(tail.model, tail.cut, Codec.RAW.value)
+        wanted = self._outputs(name, asked)
+        if convert is not None:
+            tensors = await convert(tail, tensors)
+        call.bytes_in = sum(len(t.payload) for t in tensors)
+        answer = await self.service.infer(
+            tail.model, tail.cut, tensors, None, context, hold, stream=stream, call=call
+        )
+        by_name = {o.name: o for o in answer.outputs}
+        outputs = [by_name[n] for n in wanted]
+        call.bytes_out = sum(len(o.payload) for o in outputs)
+        server_ms = answer.queue_ms + answer.decode_ms + answer.compute_ms + answer.encode_ms
+        return outputs, server_ms
+
+    def _outputs(self, name: str, asked: list[str]) -> list[str]:
+        """The outputs a request asks for (all by default), checked before any work."""
+        _, outputs = self._signature(name)
+        wanted = asked or [o.name for o in outputs]
         known = {o.name: o for o in outputs}
         if len(set(wanted)) != len(wanted):
             raise InvalidInputError("an output is requested twice")
-        for name in wanted:
-            if name not in known:
+        for output in wanted:
+            if output not in known:
                 raise InvalidInputError(
-                    f"model {shown(request.model_name)} has no output {shown(name)}; "
+                    f"model {shown(name)} has no output {shown(output)}; "
                     f"it has {', '.join(sorted(known))}"
                 )
-            if known[name].dtype not in DTYPES:  # before computing anything
+            if known[output].dtype not in DTYPES:  # before computing anything
                 raise UnsupportedModelError(
-                    f"output {name!r} of type {known[name].dtype} has no KServe v2 datatype"
+                    f"output {output!r} of type {known[output].dtype} has no KServe v2 datatype"
                 )
         return wanted
 

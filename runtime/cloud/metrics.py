@@ -12,6 +12,7 @@ import hmac
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -20,6 +21,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 from runtime.cloud.budget import MemoryBudget
+from runtime.cloud.statistics import Statistics, TritonCollector
 
 UNKNOWN = "_unknown"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -68,6 +70,14 @@ class Metrics:
             registry=self.registry,
         )
         self.known: set[tuple[str, str]] = set()  # (model, cut) pairs the server hosts
+        self.statistics = Statistics()
+        self.registry.register(TritonCollector(self.statistics))
+
+    def host(self, tails: Iterable[tuple[str, str]]) -> None:
+        """The (model, cut) tails the server hosts: the only label values used, and
+        what the statistics count."""
+        self.known = set(tails)
+        self.statistics.host(self.known)
 
     def watch_budget(self, budget: MemoryBudget) -> None:
         """Expose the memory budget: bytes held now, the limit, refusals so far."""
@@ -95,7 +105,9 @@ class Metrics:
         self.in_flight.labels(protocol).inc()
         return Call(self, protocol)
 
-    def batch(self, model: str, cut: str, size: int) -> None:
+    def batch(self, model: str, cut: str, size: int, infer_ms: float = 0.0) -> None:
+        """One ONNX Runtime run of a tail: ``size`` samples in ``infer_ms``."""
+        self.statistics.executed((model, cut), size, infer_ms)
         model, cut = self._names(model, cut)
         self.batch_size.labels(model, cut).observe(size)
 
@@ -154,14 +166,37 @@ class Call:
     bytes_in: int = 0
     bytes_out: int = 0
     start: float = field(default_factory=time.perf_counter)
+    samples: int = 0
+    timing: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # queue, in, infer, out
 
     def label(self, model: str, cut: str, codec: str | None = None) -> None:
+        if self.model == UNKNOWN and (model, cut) in self.metrics.known:
+            self.metrics.statistics.started((model, cut))  # pending until done
         self.model, self.cut = self.metrics._names(model, cut)
         if codec is not None:
             self.codec = codec if self.model != UNKNOWN else UNKNOWN
 
+    def answered(
+        self, samples: int, queue_ms: float, decode_ms: float, compute_ms: float, encode_ms: float
+    ) -> None:
+        """What the request was: its samples and where its time went in the server."""
+        self.samples = samples
+        self.timing = (queue_ms, decode_ms, compute_ms, encode_ms)
+
     def done(self, status: str) -> None:
         m = self.metrics
+        if self.model != UNKNOWN:
+            queue_ms, input_ms, infer_ms, output_ms = self.timing
+            m.statistics.finished(
+                (self.model, self.cut),
+                ok=status == "OK",
+                total_ms=(time.perf_counter() - self.start) * 1000,
+                samples=self.samples,
+                queue_ms=queue_ms,
+                input_ms=input_ms,
+                infer_ms=infer_ms,
+                output_ms=output_ms,
+            )
         labels = (self.protocol, self.model, self.cut)
         m.in_flight.labels(self.protocol).dec()
         m.requests.labels(*labels, self.codec, status).inc()

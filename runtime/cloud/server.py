@@ -118,7 +118,14 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         call.label(request.model, request.cut, codec)
         response_codec = CodecSpec.parse(request.response_codec or "raw")
         answer = await self.service.infer(
-            request.model, request.cut, tensors, response_codec, context, hold, stream=stream
+            request.model,
+            request.cut,
+            tensors,
+            response_codec,
+            context,
+            hold,
+            stream=stream,
+            call=call,
         )
         response = pb.InferResponse(
             model=request.model,

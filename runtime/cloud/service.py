@@ -185,9 +185,9 @@ class TailService:
         self.streams = Streams(host.limits)
         self.batching = batching
         self.metrics = metrics or Metrics()
-        self.metrics.known = {
+        self.metrics.host(
             (name, cut) for name, served in host.models.items() for cut in served.sessions
-        }
+        )
         self.metrics.watch_budget(self.budget)
         self.token = None if token is None else b"Bearer " + token.encode()
         self.cost_ms: dict[tuple[str, str], float] = {}  # recent time per (model, cut)
@@ -254,7 +254,7 @@ class TailService:
                     lambda feeds: self._compute(model, cut, feeds, math.inf),
                     self.batching,
                     self.admission.slots,
-                    lambda size: self.metrics.batch(model, cut, size),
+                    lambda size, ms: self.metrics.batch(model, cut, size, ms),
                 )
             )
         return self.batchers[key]
@@ -295,6 +295,7 @@ class TailService:
         hold: Hold,
         *,
         stream: bool = False,
+        call: Call | None = None,
     ) -> Answer:
         """Check, then run one request: on its own, or stacked with others in a batch.
         ``hold`` grows by what decoding allocates and by the encoded outputs; ``stream``:
@@ -312,6 +313,15 @@ class TailService:
                 batcher, model, cut, tensors, response_codec, context, size, stream
             )
         hold.grow(sum(len(o.payload) for o in answer.outputs), "the answer's tensors")
+        if call is not None:
+            stacks = self.host.batch_axis_symbol(model, cut) is not None
+            call.answered(
+                _samples(tensors) if stacks else 1,
+                answer.queue_ms,
+                answer.decode_ms,
+                answer.compute_ms,
+                answer.encode_ms,
+            )
         return answer
 
     async def _batched(
@@ -356,7 +366,7 @@ class TailService:
             outputs, timing = await self._maybe_inline((model, cut), work, size)
         # a run of a tail without a batch dimension is one run of one request
         stacks = self.host.batch_axis_symbol(model, cut) is not None
-        self.metrics.batch(model, cut, _samples(tensors) if stacks else 1)
+        self.metrics.batch(model, cut, _samples(tensors) if stacks else 1, timing.compute_ms)
         return Answer(outputs, queued_ms, timing.decode_ms, timing.compute_ms, timing.encode_ms)
 
     async def _compute(

@@ -255,8 +255,8 @@ def test_bad_requests_get_their_status_and_the_server_keeps_serving(
             )
         assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(grpc.RpcError) as missing:
-            stub.ModelStatistics(kpb.ModelStatisticsRequest(), timeout=10)
-        assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            stub.ModelStatistics(kpb.ModelStatisticsRequest(name="nope"), timeout=10)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     with triton.InferenceServerClient(server.target) as client:
         assert (
             client.infer("adaptive__cloud", [_input("x", _x(1))]).as_numpy("matmul11") is not None
