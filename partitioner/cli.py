@@ -274,6 +274,12 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=None, help="serve Prometheus metrics (0: a free port)"
     )
     serve.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="also serve KServe v2 REST (HTTP/JSON) on this port (0: a free port)",
+    )
+    serve.add_argument(
         "--grace",
         type=float,
         default=5.0,
@@ -578,6 +584,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--grace must be between 0 and 3600 seconds, not {args.grace}")
     if args.metrics_port is not None:
         _check_port("--metrics-port", args.metrics_port)
+    if args.http_port is not None:
+        _check_port("--http-port", args.http_port)
     security = Security(
         cert=_read(args.tls_cert),
         key=_read(args.tls_key),
@@ -611,6 +619,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             protocols=protocols,
             metrics=metrics,
             grace_s=args.grace,
+            http_port=args.http_port,
         )
     )
     return 0

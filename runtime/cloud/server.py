@@ -583,17 +583,21 @@ async def create_server(
     batching: BatchOptions = BatchOptions(),
     metrics: Metrics | None = None,
     protocols: Sequence[str] = PROTOCOLS,
+    service: TailService | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server for ``host`` bound to ``address`` ("127.0.0.1:0" takes a free
     port); returns it, not started, and the port it got. ``protocols``: "splitinfer"
-    (splitinfer.v1) and "kserve" (KServe v2, inference.GRPCInferenceService)."""
+    (splitinfer.v1) and "kserve" (KServe v2, inference.GRPCInferenceService).
+    ``service``: the TailService to serve (one made for ``host`` by default), to share
+    it with the REST endpoint (runtime.cloud.rest)."""
     from runtime.cloud import kserve
 
     unknown = set(protocols) - set(PROTOCOLS)
     if unknown or not protocols:
         raise ValueError(f"protocols must be among {', '.join(PROTOCOLS)}; got {sorted(unknown)}")
     server = grpc.aio.server(options=transport_options(host.limits))
-    service = TailService(host, token=security.token, batching=batching, metrics=metrics)
+    if service is None:
+        service = TailService(host, token=security.token, batching=batching, metrics=metrics)
     names = []
     if PROTOCOL in protocols:
         register_service(server, SplitInferenceServicer(service))
@@ -704,9 +708,61 @@ def model_info(served: ServedModel, limits: HostLimits) -> pb.ModelInfo:
     )
 
 
+@dataclass
+class Started:
+    """A gRPC server, not started yet, and the REST endpoint beside it when asked for."""
+
+    server: grpc.aio.Server
+    port: int
+    service: TailService
+    http: Any = None  # aiohttp's AppRunner
+    http_port: int | None = None
+
+    async def stop(self, grace_s: float | None) -> None:
+        await self.server.stop(grace_s)
+        if self.http is not None:
+            await self.http.cleanup()
+
+
+async def start_servers(
+    address: str,
+    host: TailHost,
+    *,
+    security: Security,
+    batching: BatchOptions,
+    metrics: Metrics,
+    protocols: Sequence[str],
+    http_port: int | None = None,
+) -> Started:
+    """The gRPC server on ``address`` and, with ``http_port`` (0: a free port), KServe
+    v2 REST on the same host, serving one TailService; REST listens at once, gRPC
+    once ``server.start()`` is awaited."""
+    from runtime.cloud import kserve, rest
+
+    service = TailService(host, token=security.token, batching=batching, metrics=metrics)
+    server, port = await create_server(
+        address,
+        host,
+        security=security,
+        batching=batching,
+        metrics=metrics,
+        protocols=protocols,
+        service=service,
+    )
+    started = Started(server, port, service)
+    if http_port is not None:
+        host_name = address.rsplit(":", 1)[0].strip("[]")
+        check_address(f"{address.rsplit(':', 1)[0]}:{http_port}")
+        started.http, started.http_port = await rest.start(
+            kserve.KServeServicer(service), host_name, http_port
+        )
+    return started
+
+
 class BackgroundServer:
     """A server on its own event loop thread, for programs that are not asyncio
-    (the demo, tests): started on construction, ``stop()`` when done."""
+    (the demo, tests): started on construction, ``stop()`` when done. With ``http``,
+    KServe v2 REST too, at ``http_target``."""
 
     def __init__(
         self,
@@ -717,24 +773,29 @@ class BackgroundServer:
         batching: BatchOptions = BatchOptions(),
         metrics: Metrics | None = None,
         protocols: Sequence[str] = PROTOCOLS,
+        http: bool = False,
     ) -> None:
         self.host = host
         self.metrics = metrics or Metrics()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server, self.port = self._call(
-            create_server(
+        self.started: Started = self._call(
+            start_servers(
                 address,
                 host,
                 security=security or Security(),
                 batching=batching,
                 metrics=self.metrics,
                 protocols=protocols,
+                http_port=0 if http else None,
             )
         )
+        self.server, self.port = self.started.server, self.started.port
         self._call(self.server.start())
-        self.target = f"{address.rsplit(':', 1)[0]}:{self.port}"
+        name = address.rsplit(":", 1)[0]
+        self.target = f"{name}:{self.port}"
+        self.http_target = None if not http else f"{name}:{self.started.http_port}"
 
     def _call(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
@@ -742,7 +803,7 @@ class BackgroundServer:
     def stop(self) -> None:
         if not self.thread.is_alive():
             return
-        self._call(self.server.stop(0))
+        self._call(self.started.stop(0))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.loop.close()
@@ -770,22 +831,26 @@ async def serve(
     protocols: Sequence[str] = PROTOCOLS,
     metrics: MetricsOptions | None = None,
     grace_s: float = 5.0,
+    http_port: int | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT; the first stdout line says where (the second, with
-    ``metrics``, where the metrics are). On a signal, calls already running have
-    ``grace_s`` seconds to finish; then the tails still running are stopped."""
+    """Serve until SIGTERM or SIGINT; the first stdout line says where, the next ones
+    where KServe v2 REST (``http_port``) and the metrics (``metrics``) are. On a
+    signal, calls already running have ``grace_s`` seconds to finish; then the tails
+    still running are stopped."""
     limit_arenas()  # before the worker threads take heaps of their own
     security = security or Security()
     tails = TailHost(directories, limits=limits or HostLimits(), session_options=session_options)
     counters = Metrics()
-    server, bound = await create_server(
+    started = await start_servers(
         f"{host_address}:{port}",
         tails,
         security=security,
         batching=batching,
         metrics=counters,
         protocols=protocols,
+        http_port=http_port,
     )
+    server, bound = started.server, started.port
     http = None
     if metrics is not None:  # before serving: a port taken stops here
         token = None if metrics.open else security.token
@@ -793,6 +858,8 @@ async def serve(
         http, http_port = counters.serve(metrics.host.strip("[]"), metrics.port, token=token)
     await server.start()
     print(f"listening on {host_address}:{bound}", flush=True)
+    if started.http_port is not None:
+        print(f"http on http://{host_address}:{started.http_port}", flush=True)
     if http is not None and metrics is not None:
         print(f"metrics on http://{metrics.host}:{http_port}/metrics", flush=True)
     stop = asyncio.Event()
@@ -806,7 +873,7 @@ async def serve(
     # a tail still running when the grace ends is stopped (ONNX Runtime's terminate
     # flag), so that its worker thread does not hold the process up
     loop.call_later(grace_s, tails.terminate)
-    await server.stop(grace_s)
+    await started.stop(grace_s)
     tails.terminate()
     if http is not None:
         http.shutdown()
