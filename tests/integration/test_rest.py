@@ -1,0 +1,160 @@
+"""KServe v2 REST with the stock tritonclient.http (sync and asyncio), the statistics
+extension on both protocols, and Triton's metric names, on a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+import tritonclient.http.aio as triton_aio
+from tritonclient.utils import InferenceServerException
+
+from runtime.cloud.tails import TailHost
+from runtime.engine import SessionOptions, make_session, run_session
+from tests.graphs import write_adaptive_artifacts
+
+EXACT = SessionOptions(optimize=False)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("rest")
+    write_adaptive_artifacts(directory)
+    return directory
+
+
+@pytest.fixture
+def server(artifacts, serve):
+    return serve(TailHost([artifacts], session_options=EXACT), http=True)
+
+
+def _x(batch: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, 16384)).astype(np.float32)
+
+
+def _expected(artifacts, x):
+    tail = make_session(artifacts / "cuts" / "cloud" / "tail.onnx", EXACT)
+    return run_session(tail, {"x": x})["matmul11"]
+
+
+def test_health_metadata_config_and_infer_json_and_binary(artifacts, server):
+    client = triton_http.InferenceServerClient(server.http_target)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("adaptive__cloud")
+    assert not client.is_model_ready("nothing")
+    assert "statistics" in client.get_server_metadata()["extensions"]
+    metadata = client.get_model_metadata("adaptive__cloud")
+    assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 16384]}]
+    config = client.get_model_config("adaptive__cloud")
+    assert config["max_batch_size"] == 32 and config["input"][0]["dims"] == ["16384"]
+    x = _x(3)
+    for binary in (True, False):
+        tensor = triton_http.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        wanted = triton_http.InferRequestedOutput("matmul11", binary_data=binary)
+        result = client.infer("adaptive__cloud", [tensor], outputs=[wanted], request_id="r1")
+        np.testing.assert_array_equal(result.as_numpy("matmul11"), _expected(artifacts, x))
+        assert result.get_response()["id"] == "r1"
+    names = [m["name"] for m in client.get_model_repository_index()]
+    assert names == ["adaptive__cloud", "adaptive__mid"]
+
+
+def test_a_batch_beyond_max_batch_size_and_bad_json_are_400(server):
+    client = triton_http.InferenceServerClient(server.http_target)
+    big = _x(33)
+    tensor = triton_http.InferInput("x", list(big.shape), "FP32")
+    tensor.set_data_from_numpy(big)
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("adaptive__cloud", [tensor])
+    assert refused.value.status() == "400" and "at most 32" in refused.value.message()
+    with pytest.raises(InferenceServerException) as unknown:
+        client.get_model_metadata("nothing")
+    assert unknown.value.status() == "404"
+    request = urllib.request.Request(
+        f"http://{server.http_target}/v2/models/adaptive__cloud/infer", data=b"{not json"
+    )
+    with pytest.raises(urllib.error.HTTPError) as garbage:
+        urllib.request.urlopen(request, timeout=10)
+    assert garbage.value.code == 400 and b"not JSON" in garbage.value.read()
+    assert client.is_server_live()
+
+
+def test_the_asyncio_client_infers_too(artifacts, server):
+    async def run():
+        async with triton_aio.InferenceServerClient(server.http_target) as client:
+            assert await client.is_server_ready()
+            x = _x(2, seed=1)
+            tensor = triton_aio.InferInput("x", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            results = await asyncio.gather(
+                *(client.infer("adaptive__cloud", [tensor]) for _ in range(4))
+            )
+            return x, [r.as_numpy("matmul11") for r in results]
+
+    x, outputs = asyncio.run(run())
+    for output in outputs:
+        np.testing.assert_array_equal(output, _expected(artifacts, x))
+
+
+def _metrics(server) -> dict[str, float]:
+    """The unlabelled-by-protocol Triton samples of the cloud tail."""
+    http, port = server.metrics.serve("127.0.0.1", 0)
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    finally:
+        http.shutdown()
+    found = {}
+    for line in text.decode().splitlines():
+        if line.startswith("nv_") and 'model="adaptive__cloud"' in line:
+            found[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def test_statistics_and_triton_metrics_count_every_request_of_both_protocols(server):
+    rest = triton_http.InferenceServerClient(server.http_target)
+    grpc_client = triton_grpc.InferenceServerClient(server.target)
+    x = _x(2)
+    for _ in range(3):  # 3 REST requests of 2 samples
+        tensor = triton_http.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        rest.infer("adaptive__cloud", [tensor])
+    for _ in range(2):  # 2 gRPC requests of 2 samples
+        tensor = triton_grpc.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        grpc_client.infer("adaptive__cloud", [tensor])
+    bad = triton_grpc.InferInput("x", [2, 3], "FP32")
+    bad.set_data_from_numpy(np.zeros((2, 3), np.float32))
+    with pytest.raises(InferenceServerException):
+        grpc_client.infer("adaptive__cloud", [bad])  # one failure
+    (stats,) = rest.get_inference_statistics("adaptive__cloud")["model_stats"]
+    success = stats["inference_stats"]["success"]
+    assert success["count"] == 5 and stats["inference_count"] == 10
+    assert stats["inference_stats"]["fail"]["count"] == 1
+    assert stats["execution_count"] == 5  # an exact server runs each request alone
+    assert stats["inference_stats"]["compute_infer"]["ns"] > 0
+    assert sum(b["compute_infer"]["count"] for b in stats["batch_stats"]) == 5
+    over_grpc = grpc_client.get_inference_statistics("adaptive__cloud", as_json=True)
+    assert int(over_grpc["model_stats"][0]["inference_stats"]["success"]["count"]) == 5
+    metrics = _metrics(server)
+    assert metrics["nv_inference_request_success"] == 5
+    assert metrics["nv_inference_request_failure"] == 1
+    assert metrics["nv_inference_count"] == 10 and metrics["nv_inference_exec_count"] == 5
+    assert metrics["nv_inference_request_duration_us"] >= success["ns"] // 1000
+    assert metrics["nv_inference_pending_request_count"] == 0
+
+
+def test_rest_needs_the_token_but_health_does_not(artifacts, serve):
+    from runtime.cloud.server import Security
+
+    server = serve(TailHost([artifacts]), Security(token="s3cret"), http=True)
+    client = triton_http.InferenceServerClient(server.http_target)
+    assert client.is_server_live()
+    with pytest.raises(InferenceServerException) as refused:
+        client.get_model_metadata("adaptive__cloud")
+    assert refused.value.status() == "401"
+    headers = {"Authorization": "Bearer s3cret"}
+    assert client.get_model_metadata("adaptive__cloud", headers=headers)["name"]
