@@ -170,6 +170,12 @@ def _parser() -> argparse.ArgumentParser:
         "--repeats", type=int, default=15, help="timed runs per model (default 15)"
     )
     profile.add_argument(
+        "--providers",
+        default="cpu",
+        help="ONNX Runtime execution providers in order of preference, e.g. cuda,cpu or "
+        "cuda:1,cpu (a device id)",
+    )
+    profile.add_argument(
         "--max-tensors", type=int, default=DEFAULT_MAX_TENSORS, metavar="N", help=argparse.SUPPRESS
     )
     profile.set_defaults(run=_cmd_profile)
@@ -232,6 +238,12 @@ def _parser() -> argparse.ArgumentParser:
         "--exact",
         action="store_true",
         help="run tails without ONNX Runtime's graph optimizations (bit-exact answers)",
+    )
+    serve.add_argument(
+        "--providers",
+        default="cpu",
+        help="ONNX Runtime execution providers for the tails, in order of preference: "
+        "cpu, cuda, tensorrt..., e.g. cuda,cpu or cuda:1,cpu (a device id)",
     )
     serve.add_argument(
         "--protocols",
@@ -443,6 +455,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     from partitioner.profile import ProfileOptions, calibration_feeds, profile_model
+    from runtime.engine import parse_providers
 
     for flag in ("threads", "batch", "samples", "repeats"):
         if getattr(args, flag) < 1:
@@ -460,6 +473,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         batch=args.batch,
         repeats=args.repeats,
         max_tensors=None if args.max_tensors <= 0 else args.max_tensors,
+        providers=parse_providers(args.providers),
     )
     profile = profile_model(graph, feeds, options)
     profile.save(args.out)
@@ -598,7 +612,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_memory_bytes=args.max_memory * MiB,
         max_message_bytes=args.max_message * MiB,
     )
-    sessions = SessionOptions(optimize=not args.exact)
+    from runtime.engine import parse_providers
+
+    sessions = SessionOptions(optimize=not args.exact, providers=parse_providers(args.providers))
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     if not protocols or set(protocols) - {"splitinfer", "kserve"}:
         raise ValueError(f"--protocols takes splitinfer and/or kserve, not {args.protocols!r}")

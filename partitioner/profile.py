@@ -63,6 +63,7 @@ class ProfileOptions:
     min_time_ms: float = 30.0
     codecs: tuple[CodecSpec, ...] = DEFAULT_CODECS
     max_tensors: int | None = 8
+    providers: tuple[str, ...] = ("cpu",)  # ONNX Runtime's, as runtime.engine names them
 
 
 @dataclass(frozen=True)
@@ -326,7 +327,7 @@ def profile_model(
         list(cuts) if cuts is not None else enumerate_cuts(graph, max_tensors=options.max_tensors)
     )
     batches = _batches(graph, feeds, options.batch)
-    session_options = SessionOptions(threads=options.threads)
+    session_options = SessionOptions(threads=options.threads, providers=options.providers)
     with tempfile.TemporaryDirectory(prefix="splitinfer-profile-") as tmp:
         # throwaway copies: no checker (split checks its own), the weights written once
         manifest = write_artifacts(graph, cuts, tmp, check=False, shared_weights=True)
@@ -354,7 +355,7 @@ def profile_model(
         model=graph.name,
         sha256=model_sha256(graph.model),
         device=options.device,
-        machine=_machine(),
+        machine={**_machine(), "providers": list(options.providers)},
         ort_version=ort.__version__,
         threads=options.threads,
         slowdown=k,

@@ -39,6 +39,52 @@ class SessionOptions:
 
     threads: int = 1
     optimize: bool = True
+    providers: tuple[str, ...] = ("cpu",)  # see parse_providers
+
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "dml": "DmlExecutionProvider",
+}
+
+
+def parse_providers(text: str) -> tuple[str, ...]:
+    """``"cuda,cpu"`` or ``"cuda:1,cpu"`` (a device id) -> the providers, checked against
+    what this ONNX Runtime has; ValueError naming what is available otherwise. The
+    order is the preference: ONNX Runtime runs each node on the first that can."""
+    available = ort.get_available_providers()
+    short = {v: k for k, v in PROVIDERS.items()}
+    names = [short.get(p, p) for p in available]
+    chosen = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not chosen:
+        raise ValueError(f"no execution provider given; available here: {', '.join(names)}")
+    for item in chosen:
+        name, _, device = item.partition(":")
+        full = PROVIDERS.get(name, name)
+        if full not in available:
+            raise ValueError(
+                f"execution provider {name!r} is not available in this ONNX Runtime; "
+                f"available here: {', '.join(names)} (GPU providers need onnxruntime-gpu "
+                "instead of onnxruntime: pip install 'splitinfer[gpu]')"
+            )
+        if device and not device.isdigit():
+            raise ValueError(f"bad device id in {item!r}: expected a number, like cuda:1")
+    return chosen
+
+
+def _providers(chosen: tuple[str, ...]) -> tuple[list[str], list[dict[str, str]]]:
+    """ONNX Runtime's providers and provider options for ``parse_providers``' names."""
+    names, options = [], []
+    for item in chosen:
+        name, _, device = item.partition(":")
+        names.append(PROVIDERS.get(name, name))
+        options.append({"device_id": device} if device else {})
+    return names, options
 
 
 def make_session(
@@ -53,7 +99,10 @@ def make_session(
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.add_session_config_entry("session.disable_prepacking", "1")
     try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        providers, provider_options = _providers(options.providers)
+        return ort.InferenceSession(
+            str(path), so, providers=providers, provider_options=provider_options
+        )
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: ONNX Runtime cannot load the model: {first}") from exc

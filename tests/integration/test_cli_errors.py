@@ -131,6 +131,14 @@ CASES = {
         "calib/image.npy has 8 on dimension 2",
     ),
     "a port out of range": ("serve {root}/art --port 70000", "between 0 and 65535"),
+    "an execution provider that is not here": (
+        "serve {root}/art --port 0 --providers cuda,cpu",
+        "'cuda' is not available in this ONNX Runtime; available here:",
+    ),
+    "a provider's device id that is not a number": (
+        "profile {root}/model.onnx --out {root}/x.json --providers cpu:first",
+        "expected a number, like cuda:1",
+    ),
     "a directory with no tails": ("serve {root}/edge_only --port 0", "nothing to serve"),
     "two shapes for a one-input module": (
         "export {root}/nets.py:build --input-shape 1x4 --input-shape 1x6 --out {root}/n.onnx",

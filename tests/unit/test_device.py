@@ -46,3 +46,27 @@ def test_a_slow_device_dilates_by_a_warm_run_though_its_callers_sleep_between_ru
     # 3x the 10 ms of a warm run, plus what the cold run added once
     times = [device.run("work", work)[1] for _ in range(3)]
     assert all(35 <= t <= 55 for t in times), times  # not 3 x 20 = 60
+
+
+def test_execution_providers_are_chosen_and_checked(tmp_path):
+    import numpy as np
+    import onnx
+    import pytest
+    from onnx import TensorProto, helper
+
+    from runtime.engine import SessionOptions, make_session, parse_providers, run_session
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    graph = helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "neg", [x], [y])
+    path = tmp_path / "neg.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    chosen = parse_providers("cpu")
+    session = make_session(path, SessionOptions(providers=chosen))
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    out = run_session(session, {"x": np.array([1.0, -2.0], np.float32)})["y"]
+    assert out.tolist() == [-1.0, 2.0]
+    with pytest.raises(ValueError, match="not available in this ONNX Runtime; available here"):
+        parse_providers("nosuchprovider")
+    with pytest.raises(ValueError, match="no execution provider given"):
+        parse_providers(" , ")
