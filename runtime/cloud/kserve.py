@@ -169,6 +169,21 @@ def triton_config(
     return config
 
 
+def normalized(config: mc.ModelConfig) -> mc.ModelConfig:
+    """``config`` with the defaults Triton fills in when it loads a model, as its
+    ModelConfig RPC answers: the latest version, a named instance group, the model
+    file's name, pinned memory for inputs and outputs."""
+    done = mc.ModelConfig()
+    done.CopyFrom(config)
+    done.version_policy.latest.num_versions = 1
+    done.default_model_filename = done.default_model_filename or "model.onnx"
+    for index, group in enumerate(done.instance_group):
+        group.name = group.name or f"{done.name}_{index}"
+    done.optimization.input_pinned_memory.enable = True
+    done.optimization.output_pinned_memory.enable = True
+    return done
+
+
 @dataclass(frozen=True)
 class _Tail:
     model: str
@@ -262,19 +277,23 @@ class KServeServicer:
     async def ModelConfig(self, request: bytes, context: grpc.aio.ServicerContext) -> Any:
         async def config() -> kpb.ModelConfigResponse:
             asked = self._check(request, context, kpb.ModelConfigRequest)
-            tail = self._tail(asked.name, asked.version)
-            inputs, outputs = self._signature(asked.name)
-            made = triton_config(
-                asked.name,
-                inputs,
-                outputs,
-                max_batch_size=self.service.max_batch_size(tail.model, tail.cut),
-                # what this server does: an exact one never batches
-                batching=None if self.host.exact else self.service.batching,
-            )
-            return kpb.ModelConfigResponse(config=made)
+            return kpb.ModelConfigResponse(config=self.config(asked.name, asked.version))
 
         return await respond(context, config())
+
+    def config(self, name: str, version: str) -> mc.ModelConfig:
+        """One tail's configuration, as Triton answers it (normalized)."""
+        tail = self._tail(name, version)
+        inputs, outputs = self._signature(name)
+        made = triton_config(
+            name,
+            inputs,
+            outputs,
+            max_batch_size=self.service.max_batch_size(tail.model, tail.cut),
+            # what this server does: an exact one never batches
+            batching=None if self.host.exact else self.service.batching,
+        )
+        return normalized(made)
 
     async def RepositoryIndex(self, request: bytes, context: grpc.aio.ServicerContext) -> Any:
         async def index() -> kpb.RepositoryIndexResponse:

@@ -25,7 +25,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from runtime.cloud.budget import Hold
-from runtime.cloud.kserve import EXTENSIONS, VERSION, KServeServicer, _version, triton_config
+from runtime.cloud.kserve import EXTENSIONS, VERSION, KServeServicer, _version
 from runtime.cloud.service import TailService, status_and_message
 from runtime.codec import Codec, Encoded
 from runtime.errors import InvalidInputError, UnauthenticatedError, shown
@@ -158,16 +158,8 @@ class _Rest:
         return web.Response(status=200)
 
     async def config(self, request: web.Request) -> web.StreamResponse:
-        name, _ = self._name(request)
-        tail = self.kserve.tails[name]
-        inputs, outputs = self.kserve._signature(name)
-        made = triton_config(
-            name,
-            inputs,
-            outputs,
-            max_batch_size=self.service.max_batch_size(tail.model, tail.cut),
-            batching=None if self.service.host.exact else self.service.batching,
-        )
+        name, version = self._name(request)
+        made = self.kserve.config(name, version)
         return web.json_response(json_format.MessageToDict(made, preserving_proto_field_name=True))
 
     async def statistics(self, request: web.Request) -> web.StreamResponse:

@@ -51,6 +51,9 @@ def test_health_metadata_config_and_infer_json_and_binary(artifacts, server):
     assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 16384]}]
     config = client.get_model_config("adaptive__cloud")
     assert config["max_batch_size"] == 32 and config["input"][0]["dims"] == ["16384"]
+    # normalized as Triton answers it: the latest version, a named instance group
+    assert config["version_policy"] == {"latest": {"num_versions": 1}}
+    assert config["instance_group"][0]["name"] == "adaptive__cloud_0"
     x = _x(3)
     for binary in (True, False):
         tensor = triton_http.InferInput("x", list(x.shape), "FP32")
