@@ -38,6 +38,20 @@ def start_server(
     return process, int(address.rsplit(":", 1)[1])
 
 
+def start_server_with_http(
+    directories: Sequence[Path], options: Sequence[str] = ()
+) -> tuple[subprocess.Popen[str], int, int]:
+    """As start_server, with KServe v2 REST on a free port too: the process, its gRPC
+    port and its HTTP port (the "http on" line that follows the first)."""
+    process, port = start_server(directories, options=[*options, "--http-port", "0"])
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    if not line.startswith("http on http://"):
+        stop(process)
+        raise RuntimeError(f"the server did not say where its HTTP endpoint is: {line!r}")
+    return process, port, int(line.rsplit(":", 1)[1])
+
+
 def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
     """Stop a process started here, by its pid, and reap it."""
     if process.poll() is None:

@@ -9,10 +9,11 @@ dynamic batch) from the single-tensor cuts nearest ``--fractions`` of its nodes.
 once) serves it; this process is the clients: ``N`` callers on one asyncio
 channel, each sending its next request when the last is answered, for
 ``--seconds`` after a warm-up. Every request carries the same prebuilt bytes,
-so both protocols cost the client the same. Grid: N in {1, 8, 32, 64} x dynamic
-batching on (``--max-batch 32``) / off (``--max-batch 1``), two servers measured
-alternately, x splitinfer.v1 (Infer, raw) / KServe v2 (ModelInfer, raw). Client
-and servers share this machine's cores.
+so the protocols cost the client alike. Grid: N in {1, 8, 32, 64} x dynamic
+batching on (``--max-batch 32``) / off (``--no-batching``), two servers measured
+alternately, x splitinfer.v1 (Infer, raw) / KServe v2 gRPC (ModelInfer, raw) /
+KServe v2 REST with binary tensors / with JSON tensors (aiohttp's client, one
+connection per caller). Client and servers share this machine's cores.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as kpb
 
-from bench.processes import start_server, stop
+from bench.processes import start_server_with_http, stop
 from runtime import fastwire
 from runtime.codec import encode
 from runtime.engine import make_session, run_session
@@ -67,20 +68,97 @@ def build(directory: Path, fraction: float) -> tuple[Path, str, dict[str, np.nda
 
 
 def requests(model: str, cut: str, tensors: dict[str, np.ndarray]) -> dict[str, bytes]:
-    """One request's bytes per protocol."""
+    """One request's bytes per protocol: splitinfer.v1, KServe gRPC, and KServe REST
+    with binary tensors and with JSON ones."""
     encoded = [encode(v, name=k) for k, v in tensors.items()]
     native = fastwire.write(pb.InferRequest(model=model, cut=cut), encoded)
     kserve = kpb.ModelInferRequest(model_name=model_name(model, cut))
     for name, value in tensors.items():
         kserve.inputs.add(name=name, datatype=DTYPES[value.dtype.name], shape=value.shape)
         kserve.raw_input_contents.append(value.tobytes())
-    return {"splitinfer": bytes(native), "kserve": kserve.SerializeToString()}
+    inputs = [
+        {"name": k, "datatype": DTYPES[v.dtype.name], "shape": list(v.shape)}
+        for k, v in tensors.items()
+    ]
+    binary_header = json.dumps(
+        {
+            "inputs": [
+                {**i, "parameters": {"binary_data_size": v.nbytes}}
+                for i, v in zip(inputs, tensors.values(), strict=True)
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    binary = binary_header + b"".join(v.tobytes() for v in tensors.values())
+    as_json = json.dumps(
+        {
+            "inputs": [
+                {**i, "data": v.reshape(-1).tolist()}
+                for i, v in zip(inputs, tensors.values(), strict=True)
+            ]
+        }
+    ).encode()
+    return {
+        "splitinfer": bytes(native),
+        "kserve": kserve.SerializeToString(),
+        "rest-binary": binary,
+        "rest-binary-header": str(len(binary_header)).encode(),
+        "rest-json": as_json,
+    }
 
 
 METHODS = {
     "splitinfer": "/splitinfer.v1.SplitInference/Infer",
     "kserve": "/inference.GRPCInferenceService/ModelInfer",
+    "rest-binary": "/v2/models/{name}/infer",
+    "rest-json": "/v2/models/{name}/infer",
 }
+
+
+async def load_rest(
+    url: str, request: bytes, header: bytes | None, clients: int, seconds: float, warmup: float
+) -> dict[str, Any]:
+    """As ``load``, over KServe v2 REST (aiohttp's client, one connection per caller)."""
+    import aiohttp
+
+    headers = {"Inference-Header-Content-Length": header.decode()} if header else {}
+    latencies: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients + 1)) as session:
+
+        async def send() -> bool:
+            async with session.post(url, data=request, headers=headers) as answer:
+                await answer.read()
+                return answer.status == 200
+
+        await send()
+        start = time.perf_counter()
+        measure_from = start + warmup
+        stop_at = measure_from + seconds
+
+        async def caller() -> None:
+            nonlocal errors
+            while (now := time.perf_counter()) < stop_at:
+                if not await send():
+                    errors += 1
+                    continue
+                if now >= measure_from:
+                    latencies.append((time.perf_counter() - now) * 1000)
+
+        await asyncio.gather(*(caller() for _ in range(clients)))
+    return _summary(latencies, errors, clients, seconds)
+
+
+def _summary(latencies: list[float], errors: int, clients: int, seconds: float) -> dict[str, Any]:
+    latencies.sort()
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / seconds,
+        "p50_ms": statistics.median(latencies) if latencies else None,
+        "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] if latencies else None,
+    }
 
 
 async def load(
@@ -116,16 +194,7 @@ async def load(
                     latencies.append((time.perf_counter() - now) * 1000)
 
         await asyncio.gather(*(caller() for _ in range(clients)))
-    latencies.sort()
-    return {
-        "protocol": protocol,
-        "clients": clients,
-        "requests": len(latencies),
-        "errors": errors,
-        "rps": len(latencies) / seconds,
-        "p50_ms": statistics.median(latencies) if latencies else None,
-        "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] if latencies else None,
-    }
+    return {"protocol": protocol, **_summary(latencies, errors, clients, seconds)}
 
 
 def main() -> int:
@@ -163,6 +232,10 @@ def main() -> int:
         for t in tails
         for p in METHODS
     }
+    rest_vs_grpc = {
+        t["cut"]: rps(t["cut"], True, "rest-binary", 8) / rps(t["cut"], True, "kserve", 8)
+        for t in tails
+    }
     results = {
         "machine": {"machine": platform.machine(), "cpus": os.cpu_count()},
         "command": "python -m bench.serving " + " ".join(sys.argv[1:]),
@@ -170,11 +243,14 @@ def main() -> int:
         "seconds_per_point": seconds,
         "rows": rows,
         "batching_gain_at_32_clients": gains,
+        "rest_binary_vs_kserve_grpc_at_8_clients": rest_vs_grpc,
         "seconds": time.perf_counter() - started,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(json.dumps({"batching_gain_at_32_clients": gains}, indent=1))
+    print(
+        json.dumps({"batching_gain_at_32_clients": gains, "rest_vs_grpc": rest_vs_grpc}, indent=1)
+    )
     return 0
 
 
@@ -188,16 +264,26 @@ def measure_tail(
     try:
         for batching in (True, False):
             # queue room for every client: the bound's refusals would be counted as answers
-            flags = ["--max-batch", "32" if batching else "1", "--max-queued", "128"]
-            servers[batching] = start_server([artifacts], options=flags)
+            flags = ["--max-queued", "128"] + ([] if batching else ["--no-batching"])
+            servers[batching] = start_server_with_http([artifacts], options=flags)
         rows = []
-        for protocol in METHODS:
+        for protocol, path in METHODS.items():
             for clients in CLIENTS:
-                for batching, (_, port) in servers.items():
-                    target = f"127.0.0.1:{port}"
-                    row = asyncio.run(
-                        load(target, protocol, bodies[protocol], clients, seconds, warmup)
-                    )
+                for batching, (_, port, http_port) in servers.items():
+                    if protocol.startswith("rest"):
+                        url = f"http://127.0.0.1:{http_port}" + path.format(
+                            name=model_name("mobilenet_v2", cut)
+                        )
+                        header = bodies.get(protocol + "-header")
+                        row = asyncio.run(
+                            load_rest(url, bodies[protocol], header, clients, seconds, warmup)
+                        )
+                        row["protocol"] = protocol
+                    else:
+                        target = f"127.0.0.1:{port}"
+                        row = asyncio.run(
+                            load(target, protocol, bodies[protocol], clients, seconds, warmup)
+                        )
                     row.update(cut=cut, batching=batching)
                     rows.append(row)
                     print(
@@ -209,7 +295,7 @@ def measure_tail(
                     )
         return rows
     finally:
-        for process, _ in servers.values():
+        for process, _, _ in servers.values():
             stop(process)
 
 
