@@ -10,7 +10,18 @@ name           lossy    payload
                         then as ``zstd``; scale and zero point per tensor or
                         per channel of ``axis``; ``x ≈ (q - zero_point) * scale``,
                         within half a step (plus the result's own rounding)
+``delta+zstd`` no       a stream's frames: the bits of ``x`` XOR those of
+                        the same tensor in the previous frame, then as
+                        ``zstd`` (a key frame: XOR with zeros, i.e. ``zstd``)
+``delta+int8+  yes      a stream's frames: ``x - reference`` as ``int8+zstd``;
+zstd``                  the reference is the previous frame *as the receiver
+                        reconstructed it*, so errors do not add up
 =============  =======  ===================================================
+
+The two delta codecs keep state on both sides of a stream (:class:`DeltaEncoder`,
+:class:`DeltaDecoder`): one reference per tensor slot (model, cut and tensor
+name), reset to zeros by a key frame. Without that state, :func:`encode` makes
+key frames and :func:`decode` reads only key frames.
 
 *Byte shuffle* stores byte 0 of every element, then byte 1, and so on: dense
 float data compresses better so, sparse (post-ReLU) data often worse, which is
@@ -66,10 +77,24 @@ class Codec(str, Enum):
     ZSTD = "zstd"
     FP16_ZSTD = "fp16+zstd"
     INT8_ZSTD = "int8+zstd"
+    DELTA_ZSTD = "delta+zstd"
+    DELTA_INT8_ZSTD = "delta+int8+zstd"
 
     @property
     def lossy(self) -> bool:
-        return self in (Codec.FP16_ZSTD, Codec.INT8_ZSTD)
+        return self in (Codec.FP16_ZSTD, Codec.INT8_ZSTD, Codec.DELTA_INT8_ZSTD)
+
+    @property
+    def delta(self) -> bool:
+        """Whether frames depend on the stream's previous frame."""
+        return self in (Codec.DELTA_ZSTD, Codec.DELTA_INT8_ZSTD)
+
+    @property
+    def base(self) -> Codec:
+        """The codec of a key frame's payload: ``zstd`` for ``delta+zstd``."""
+        return {Codec.DELTA_ZSTD: Codec.ZSTD, Codec.DELTA_INT8_ZSTD: Codec.INT8_ZSTD}.get(
+            self, self
+        )
 
     @classmethod
     def parse(cls, name: str) -> Codec:
@@ -102,7 +127,7 @@ class CodecSpec:
         text = self.codec.value
         if self.shuffle and self.codec is not Codec.RAW:
             text += "+shuffle"
-        if self.axis is not None and self.codec is Codec.INT8_ZSTD:
+        if self.axis is not None and self.codec.base is Codec.INT8_ZSTD:
             text += f"/axis{self.axis}"
         return text
 
@@ -133,6 +158,7 @@ class Encoded:
     axis: int | None = None
     version: int = CODEC_VERSION
     name: str = ""  # the tensor's name in the model, when it travels
+    key_frame: bool = False  # delta codecs: the reference is zeros, not the last frame
 
 
 def encode(array: np.ndarray, spec: CodecSpec = CodecSpec(), *, name: str = "") -> Encoded:
@@ -148,6 +174,8 @@ def encode(array: np.ndarray, spec: CodecSpec = CodecSpec(), *, name: str = "") 
         raise CodecError(f"axis {spec.axis} is out of range for a tensor of rank {array.ndim}")
     shape = tuple(int(d) for d in array.shape)
     little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    if spec.codec.delta:  # alone, a frame of a stream is a key frame
+        return DeltaEncoder().encode(little, spec, slot=name, name=name)
     if spec.codec is Codec.RAW:  # a view, not a copy: the wire writer copies it once
         view = memoryview(little.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         return Encoded(Codec.RAW, dtype, shape, view, name=name)
@@ -210,6 +238,13 @@ def decode(encoded: Encoded, *, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarra
     if codec is Codec.FP16_ZSTD:
         half = np.frombuffer(_decompress(encoded, count, 2), dtype="<f2")
         return half.astype(dtype).reshape(shape)
+    if codec.delta:
+        if not encoded.key_frame:
+            raise CodecError(
+                f"a {codec.value} frame that is not a key frame needs its stream's previous "
+                "frame: it travels only on a stream"
+            )
+        return DeltaDecoder(max_bytes=max_bytes).decode(encoded, slot=encoded.name)
     scale, zero_point, axis = _checked_quantization(encoded, shape)
     q = np.frombuffer(_decompress(encoded, count, 1), dtype=np.int8).reshape(shape)
     return _dequantize(q, scale, zero_point, axis, dtype)
@@ -378,3 +413,185 @@ def _checked_quantization(
 
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+# --------------------------------------------------------------------------- delta
+
+
+def _bits(array: np.ndarray) -> np.ndarray:
+    """The array's elements as unsigned integers of the same width (bool as uint8)."""
+    return array.view(f"<u{array.dtype.itemsize}")
+
+
+class DeltaEncoder:
+    """The sending side of a stream's delta codecs: per slot (a name for one tensor of
+    one cut, the same on both sides), the reference the receiver will hold.
+
+    A frame is a key frame when the slot has no reference (the first frame, or after
+    :meth:`reset`: an error or a reconnect), when its dtype or shape changed, every
+    ``key_every`` frames of a slot (0: never for that reason), when asked (``key``),
+    and when the delta came out no smaller than the slot's last key frame (a scene
+    change). Not thread-safe: one stream's frames are encoded in order."""
+
+    def __init__(self, *, key_every: int = 0) -> None:
+        self.key_every = key_every
+        self._refs: dict[str, np.ndarray] = {}
+        self._since_key: dict[str, int] = {}
+        self._key_bytes: dict[str, int] = {}
+        self.key_frames = 0
+        self.frames = 0
+
+    def reset(self) -> None:
+        """Forget every reference: each slot's next frame is a key frame."""
+        self._refs.clear()
+        self._since_key.clear()
+
+    def encode(
+        self, array: np.ndarray, spec: CodecSpec, *, slot: str, name: str = "", key: bool = False
+    ) -> Encoded:
+        """``array`` as the next frame of ``slot``, with ``spec`` (a delta codec)."""
+        if not spec.codec.delta:
+            raise CodecError(f"{spec.codec.value} is not a delta codec")
+        array = np.asarray(array)
+        if not spec.codec.accepts(array.dtype.name):
+            raise CodecError(f"codec {spec.codec.value} cannot carry {array.dtype.name} tensors")
+        little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        ref = self._refs.get(slot)
+        key = (
+            key
+            or ref is None
+            or ref.dtype != little.dtype
+            or ref.shape != little.shape
+            or (self.key_every > 0 and self._since_key.get(slot, 0) >= self.key_every)
+        )
+        encoded, recon = self._frame(little, spec, None if key else ref, name)
+        if not key and len(encoded.payload) >= self._key_bytes.get(slot, 0):
+            encoded, recon = self._frame(little, spec, None, name)  # no gain: a key frame
+            key = True
+        if key:
+            self._key_bytes[slot] = len(encoded.payload)
+            self._since_key[slot] = 0
+            self.key_frames += 1
+        self._since_key[slot] = self._since_key.get(slot, 0) + 1
+        self._refs[slot] = recon
+        self.frames += 1
+        return encoded
+
+    @staticmethod
+    def _frame(
+        x: np.ndarray, spec: CodecSpec, ref: np.ndarray | None, name: str
+    ) -> tuple[Encoded, np.ndarray]:
+        """One frame against ``ref`` (None: a key frame) and the receiver's result."""
+        shape = tuple(int(d) for d in x.shape)
+        if spec.codec is Codec.DELTA_ZSTD:
+            bits = _bits(x) if ref is None else _bits(x) ^ _bits(ref)
+            payload = _compress(bits, spec)
+            encoded = Encoded(
+                spec.codec, x.dtype.name, shape, payload, shuffle=spec.shuffle,
+                name=name, key_frame=ref is None,
+            )  # fmt: skip
+            return encoded, x.copy()
+        if spec.axis is not None and not -x.ndim <= spec.axis < x.ndim:
+            raise CodecError(f"axis {spec.axis} is out of range for a tensor of rank {x.ndim}")
+        diff = x.astype(np.float64) if ref is None else x.astype(np.float64) - ref
+        scale, zero_point = _quantization(diff, spec.axis)
+        q = _quantize(diff, scale, zero_point, spec.axis)
+        encoded = Encoded(
+            spec.codec, x.dtype.name, shape, _compress(q, spec), shuffle=spec.shuffle,
+            scale=tuple(float(v) for v in scale), zero_point=tuple(int(z) for z in zero_point),
+            axis=spec.axis, name=name, key_frame=ref is None,
+        )  # fmt: skip
+        return encoded, _reconstruct(ref, q, scale, zero_point, spec.axis, x.dtype)
+
+
+def _reconstruct(
+    ref: np.ndarray | None,
+    q: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray,
+    axis: int | None,
+    dtype: np.dtype,
+) -> np.ndarray:
+    """``ref + dequantized q`` in the frame's dtype: the same operations on both sides,
+    so that sender and receiver hold bit-identical references."""
+    step = _dequantize(q, scale, zero_point, axis, np.dtype(np.float64))
+    return (step if ref is None else ref.astype(np.float64) + step).astype(dtype)
+
+
+class DeltaDecoder:
+    """The receiving side of a stream's delta codecs: per slot, the last frame as
+    reconstructed. :attr:`nbytes` is what the references hold (a server counts it in
+    its memory budget); ``max_slots`` bounds how many there are."""
+
+    def __init__(self, *, max_bytes: int = DEFAULT_MAX_BYTES, max_slots: int = 64) -> None:
+        self.max_bytes = max_bytes
+        self.max_slots = max_slots
+        self._refs: dict[str, np.ndarray] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.nbytes for r in self._refs.values())
+
+    def reset(self, slot: str | None = None) -> None:
+        """Forget one slot's reference (after an error), or every one."""
+        if slot is None:
+            self._refs.clear()
+        else:
+            self._refs.pop(slot, None)
+
+    def decode(self, encoded: Encoded, *, slot: str) -> np.ndarray:
+        """The frame in ``encoded`` (read-only); CodecError when it does not fit the slot's
+        reference, after which the slot has none (the sender's next key frame restores
+        it)."""
+        try:
+            return self._decode(encoded, slot)
+        except CodecError:
+            self._refs.pop(slot, None)
+            raise
+
+    def _decode(self, encoded: Encoded, slot: str) -> np.ndarray:
+        codec = encoded.codec
+        if not isinstance(codec, Codec) or not codec.delta:
+            raise CodecError(f"{getattr(codec, 'value', codec)} is not a delta codec")
+        if not isinstance(encoded.dtype, str) or not codec.accepts(encoded.dtype):
+            raise CodecError(f"codec {codec.value} cannot carry {encoded.dtype!r} tensors")
+        if encoded.version != CODEC_VERSION:
+            raise CodecError(
+                f"codec version {encoded.version} is not supported (expected {CODEC_VERSION})"
+            )
+        shape = _checked_shape(encoded.shape)
+        dtype = np.dtype(encoded.dtype).newbyteorder("<")
+        count = math.prod(shape)
+        if count * dtype.itemsize > self.max_bytes:
+            raise CodecError(
+                f"tensor of shape {list(shape)} and dtype {encoded.dtype} needs "
+                f"{count * dtype.itemsize} bytes, more than the limit of {self.max_bytes}"
+            )
+        ref = None
+        if not encoded.key_frame:
+            ref = self._refs.get(slot)
+            if ref is None:
+                raise CodecError(
+                    f"tensor {slot!r}: a {codec.value} delta frame, but this stream has no "
+                    "previous frame of it: send a key frame"
+                )
+            if ref.dtype != dtype or ref.shape != shape:
+                raise CodecError(
+                    f"tensor {slot!r}: a delta frame of {encoded.dtype}{list(shape)}, but the "
+                    f"previous frame was {ref.dtype.name}{list(ref.shape)}: send a key frame"
+                )
+        elif slot not in self._refs and len(self._refs) >= self.max_slots:
+            raise CodecError(f"a stream may keep at most {self.max_slots} delta references")
+        if codec is Codec.DELTA_ZSTD:
+            data = _decompress(encoded, count, dtype.itemsize)
+            bits = np.frombuffer(data, dtype=f"<u{dtype.itemsize}").reshape(shape)
+            if ref is not None:
+                bits = bits ^ _bits(ref)
+            value = bits.view(dtype) if ref is not None else bits.view(dtype).copy()
+        else:
+            scale, zero_point, axis = _checked_quantization(encoded, shape)
+            q = np.frombuffer(_decompress(encoded, count, 1), dtype=np.int8).reshape(shape)
+            value = _reconstruct(ref, q, scale, zero_point, axis, dtype)
+        value.flags.writeable = False
+        self._refs[slot] = value
+        return value

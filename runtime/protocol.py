@@ -25,6 +25,7 @@ def tensor_to_proto(
     message.shuffle = encoded.shuffle
     message.scale.extend(encoded.scale)
     message.zero_point.extend(encoded.zero_point)
+    message.key_frame = encoded.key_frame
     if payload:
         message.payload = bytes(encoded.payload)
     if encoded.axis is not None:
@@ -45,6 +46,7 @@ def tensor_from_proto(message: pb.Tensor, payload: bytes | memoryview | None = N
         axis=message.axis if message.HasField("axis") else None,
         version=message.codec_version or 1,
         name=message.name,
+        key_frame=message.key_frame,
     )
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10splitinfer.proto\x12\rsplitinfer.v1\"\xd1\x01\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\r\n\x05\x63odec\x18\x04 \x01(\t\x12\x15\n\rcodec_version\x18\x05 \x01(\r\x12\x0f\n\x07shuffle\x18\x06 \x01(\x08\x12\r\n\x05scale\x18\x07 \x03(\x01\x12\x12\n\nzero_point\x18\x08 \x03(\x03\x12\x11\n\x04\x61xis\x18\t \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07payload\x18\n \x01(\x0c\x12\x14\n\x0cpayload_size\x18\x0b \x01(\x04\x42\x07\n\x05_axis\"~\n\x0cInferRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0b\n\x03\x63ut\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12&\n\x07tensors\x18\x04 \x03(\x0b\x32\x15.splitinfer.v1.Tensor\x12\x16\n\x0eresponse_codec\x18\x05 \x01(\t\"Z\n\x0cServerTiming\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x11\n\tdecode_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x11\n\tencode_ms\x18\x04 \x01(\x01\"\x94\x01\n\rInferResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0b\n\x03\x63ut\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12&\n\x07outputs\x18\x04 \x03(\x0b\x32\x15.splitinfer.v1.Tensor\x12+\n\x06timing\x18\x05 \x01(\x0b\x32\x1b.splitinfer.v1.ServerTiming\"9\n\x05\x43hunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tensor\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"n\n\rStreamRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1b.splitinfer.v1.InferRequestH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.splitinfer.v1.ChunkH\x00\x42\x06\n\x04item\"@\n\x0bStreamError\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x9e\x01\n\x0eStreamResponse\x12\x30\n\x08response\x18\x01 \x01(\x0b\x32\x1c.splitinfer.v1.InferResponseH\x00\x12+\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1a.splitinfer.v1.StreamErrorH\x00\x12%\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x14.splitinfer.v1.ChunkH\x00\x42\x06\n\x04item\" \n\x0f\x44\x65scribeRequest\x12\r\n\x05model\x18\x01 \x01(\t\"K\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x11\n\tdim_names\x18\x04 \x03(\t\"z\n\x07\x43utInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x07tensors\x18\x02 \x03(\x0b\x32\x19.splitinfer.v1.TensorSpec\x12\x0f\n\x07outputs\x18\x03 \x03(\t\x12\x16\n\x0e\x64\x65vice_outputs\x18\x04 \x03(\t\x12\x0e\n\x06served\x18\x05 \x01(\x08\"\xd1\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12)\n\x06inputs\x18\x03 \x03(\x0b\x32\x19.splitinfer.v1.TensorSpec\x12*\n\x07outputs\x18\x04 \x03(\x0b\x32\x19.splitinfer.v1.TensorSpec\x12$\n\x04\x63uts\x18\x05 \x03(\x0b\x32\x16.splitinfer.v1.CutInfo\x12\x0e\n\x06\x63odecs\x18\x06 \x03(\t\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\x04\"<\n\x10\x44\x65scribeResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.splitinfer.v1.ModelInfo\"6\n\x0cProbeRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x15\n\rresponse_size\x18\x02 \x01(\r\"E\n\rProbeResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x10\n\x08received\x18\x02 \x01(\x04\x12\x11\n\tserver_ms\x18\x03 \x01(\x01\x32\xb5\x02\n\x0eSplitInference\x12\x42\n\x05Infer\x12\x1b.splitinfer.v1.InferRequest\x1a\x1c.splitinfer.v1.InferResponse\x12N\n\x0bInferStream\x12\x1c.splitinfer.v1.StreamRequest\x1a\x1d.splitinfer.v1.StreamResponse(\x01\x30\x01\x12K\n\x08\x44\x65scribe\x12\x1e.splitinfer.v1.DescribeRequest\x1a\x1f.splitinfer.v1.DescribeResponse\x12\x42\n\x05Probe\x12\x1b.splitinfer.v1.ProbeRequest\x1a\x1c.splitinfer.v1.ProbeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10splitinfer.proto\x12\rsplitinfer.v1\"\xe4\x01\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\r\n\x05\x63odec\x18\x04 \x01(\t\x12\x15\n\rcodec_version\x18\x05 \x01(\r\x12\x0f\n\x07shuffle\x18\x06 \x01(\x08\x12\r\n\x05scale\x18\x07 \x03(\x01\x12\x12\n\nzero_point\x18\x08 \x03(\x03\x12\x11\n\x04\x61xis\x18\t \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07payload\x18\n \x01(\x0c\x12\x14\n\x0cpayload_size\x18\x0b \x01(\x04\x12\x11\n\tkey_frame\x18\x0c \x01(\x08\x42\x07\n\x05_axis\"~\n\x0cInferRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0b\n\x03\x63ut\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12&\n\x07tensors\x18\x04 \x03(\x0b\x32\x15.splitinfer.v1.Tensor\x12\x16\n\x0eresponse_codec\x18\x05 \x01(\t\"Z\n\x0cServerTiming\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x11\n\tdecode_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x11\n\tencode_ms\x18\x04 \x01(\x01\"\x94\x01\n\rInferResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0b\n\x03\x63ut\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12&\n\x07outputs\x18\x04 \x03(\x0b\x32\x15.splitinfer.v1.Tensor\x12+\n\x06timing\x18\x05 \x01(\x0b\x32\x1b.splitinfer.v1.ServerTiming\"9\n\x05\x43hunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tensor\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"n\n\rStreamRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1b.splitinfer.v1.InferRequestH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.splitinfer.v1.ChunkH\x00\x42\x06\n\x04item\"@\n\x0bStreamError\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x9e\x01\n\x0eStreamResponse\x12\x30\n\x08response\x18\x01 \x01(\x0b\x32\x1c.splitinfer.v1.InferResponseH\x00\x12+\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1a.splitinfer.v1.StreamErrorH\x00\x12%\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x14.splitinfer.v1.ChunkH\x00\x42\x06\n\x04item\" \n\x0f\x44\x65scribeRequest\x12\r\n\x05model\x18\x01 \x01(\t\"K\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x11\n\tdim_names\x18\x04 \x03(\t\"z\n\x07\x43utInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x07tensors\x18\x02 \x03(\x0b\x32\x19.splitinfer.v1.TensorSpec\x12\x0f\n\x07outputs\x18\x03 \x03(\t\x12\x16\n\x0e\x64\x65vice_outputs\x18\x04 \x03(\t\x12\x0e\n\x06served\x18\x05 \x01(\x08\"\xd1\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12)\n\x06inputs\x18\x03 \x03(\x0b\x32\x19.splitinfer.v1.TensorSpec\x12*\n\x07outputs\x18\x04 \x03(\x0b\x32\x19.splitinfer.v1.TensorSpec\x12$\n\x04\x63uts\x18\x05 \x03(\x0b\x32\x16.splitinfer.v1.CutInfo\x12\x0e\n\x06\x63odecs\x18\x06 \x03(\t\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\x04\"<\n\x10\x44\x65scribeResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.splitinfer.v1.ModelInfo\"6\n\x0cProbeRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x15\n\rresponse_size\x18\x02 \x01(\r\"E\n\rProbeResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x10\n\x08received\x18\x02 \x01(\x04\x12\x11\n\tserver_ms\x18\x03 \x01(\x01\x32\xb5\x02\n\x0eSplitInference\x12\x42\n\x05Infer\x12\x1b.splitinfer.v1.InferRequest\x1a\x1c.splitinfer.v1.InferResponse\x12N\n\x0bInferStream\x12\x1c.splitinfer.v1.StreamRequest\x1a\x1d.splitinfer.v1.StreamResponse(\x01\x30\x01\x12K\n\x08\x44\x65scribe\x12\x1e.splitinfer.v1.DescribeRequest\x1a\x1f.splitinfer.v1.DescribeResponse\x12\x42\n\x05Probe\x12\x1b.splitinfer.v1.ProbeRequest\x1a\x1c.splitinfer.v1.ProbeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,35 +32,35 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'splitinfer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TENSOR']._serialized_start=36
-  _globals['_TENSOR']._serialized_end=245
-  _globals['_INFERREQUEST']._serialized_start=247
-  _globals['_INFERREQUEST']._serialized_end=373
-  _globals['_SERVERTIMING']._serialized_start=375
-  _globals['_SERVERTIMING']._serialized_end=465
-  _globals['_INFERRESPONSE']._serialized_start=468
-  _globals['_INFERRESPONSE']._serialized_end=616
-  _globals['_CHUNK']._serialized_start=618
-  _globals['_CHUNK']._serialized_end=675
-  _globals['_STREAMREQUEST']._serialized_start=677
-  _globals['_STREAMREQUEST']._serialized_end=787
-  _globals['_STREAMERROR']._serialized_start=789
-  _globals['_STREAMERROR']._serialized_end=853
-  _globals['_STREAMRESPONSE']._serialized_start=856
-  _globals['_STREAMRESPONSE']._serialized_end=1014
-  _globals['_DESCRIBEREQUEST']._serialized_start=1016
-  _globals['_DESCRIBEREQUEST']._serialized_end=1048
-  _globals['_TENSORSPEC']._serialized_start=1050
-  _globals['_TENSORSPEC']._serialized_end=1125
-  _globals['_CUTINFO']._serialized_start=1127
-  _globals['_CUTINFO']._serialized_end=1249
-  _globals['_MODELINFO']._serialized_start=1252
-  _globals['_MODELINFO']._serialized_end=1461
-  _globals['_DESCRIBERESPONSE']._serialized_start=1463
-  _globals['_DESCRIBERESPONSE']._serialized_end=1523
-  _globals['_PROBEREQUEST']._serialized_start=1525
-  _globals['_PROBEREQUEST']._serialized_end=1579
-  _globals['_PROBERESPONSE']._serialized_start=1581
-  _globals['_PROBERESPONSE']._serialized_end=1650
-  _globals['_SPLITINFERENCE']._serialized_start=1653
-  _globals['_SPLITINFERENCE']._serialized_end=1962
+  _globals['_TENSOR']._serialized_end=264
+  _globals['_INFERREQUEST']._serialized_start=266
+  _globals['_INFERREQUEST']._serialized_end=392
+  _globals['_SERVERTIMING']._serialized_start=394
+  _globals['_SERVERTIMING']._serialized_end=484
+  _globals['_INFERRESPONSE']._serialized_start=487
+  _globals['_INFERRESPONSE']._serialized_end=635
+  _globals['_CHUNK']._serialized_start=637
+  _globals['_CHUNK']._serialized_end=694
+  _globals['_STREAMREQUEST']._serialized_start=696
+  _globals['_STREAMREQUEST']._serialized_end=806
+  _globals['_STREAMERROR']._serialized_start=808
+  _globals['_STREAMERROR']._serialized_end=872
+  _globals['_STREAMRESPONSE']._serialized_start=875
+  _globals['_STREAMRESPONSE']._serialized_end=1033
+  _globals['_DESCRIBEREQUEST']._serialized_start=1035
+  _globals['_DESCRIBEREQUEST']._serialized_end=1067
+  _globals['_TENSORSPEC']._serialized_start=1069
+  _globals['_TENSORSPEC']._serialized_end=1144
+  _globals['_CUTINFO']._serialized_start=1146
+  _globals['_CUTINFO']._serialized_end=1268
+  _globals['_MODELINFO']._serialized_start=1271
+  _globals['_MODELINFO']._serialized_end=1480
+  _globals['_DESCRIBERESPONSE']._serialized_start=1482
+  _globals['_DESCRIBERESPONSE']._serialized_end=1542
+  _globals['_PROBEREQUEST']._serialized_start=1544
+  _globals['_PROBEREQUEST']._serialized_end=1598
+  _globals['_PROBERESPONSE']._serialized_start=1600
+  _globals['_PROBERESPONSE']._serialized_end=1669
+  _globals['_SPLITINFERENCE']._serialized_start=1672
+  _globals['_SPLITINFERENCE']._serialized_end=1981
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Tensor(_message.Message):
-    __slots__ = ("name", "dtype", "shape", "codec", "codec_version", "shuffle", "scale", "zero_point", "axis", "payload", "payload_size")
+    __slots__ = ("name", "dtype", "shape", "codec", "codec_version", "shuffle", "scale", "zero_point", "axis", "payload", "payload_size", "key_frame")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class Tensor(_message.Message):
     AXIS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FRAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
@@ -30,7 +31,8 @@ class Tensor(_message.Message):
     axis: int
     payload: bytes
     payload_size: int
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., codec: _Optional[str] = ..., codec_version: _Optional[int] = ..., shuffle: bool = ..., scale: _Optional[_Iterable[float]] = ..., zero_point: _Optional[_Iterable[int]] = ..., axis: _Optional[int] = ..., payload: _Optional[bytes] = ..., payload_size: _Optional[int] = ...) -> None: ...
+    key_frame: bool
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., codec: _Optional[str] = ..., codec_version: _Optional[int] = ..., shuffle: bool = ..., scale: _Optional[_Iterable[float]] = ..., zero_point: _Optional[_Iterable[int]] = ..., axis: _Optional[int] = ..., payload: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., key_frame: bool = ...) -> None: ...
 
 class InferRequest(_message.Message):
     __slots__ = ("model", "cut", "request_id", "tensors", "response_codec")

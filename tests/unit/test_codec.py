@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from runtime.codec import (
     encode,
 )
 from runtime.errors import CodecError
+from runtime.protocol import tensor_from_proto, tensor_to_proto
 
 shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6)
 
@@ -232,3 +234,83 @@ def test_numpy_integer_dimensions_are_fine():
 def test_the_encoder_refuses_what_it_could_not_decode(array, spec, message):
     with pytest.raises(CodecError, match=message):
         encode(array, spec)
+
+
+def _frames(count: int, seed: int = 0) -> list[np.ndarray]:
+    """A feature map that drifts slowly: most values stay, a patch moves each frame."""
+    rng = np.random.default_rng(seed)
+    base = np.maximum(rng.standard_normal((1, 8, 16, 16)).astype(np.float32), 0)
+    frames = []
+    for n in range(count):
+        frame = base.copy()
+        y, x = (n * 3) % 12, (n * 5) % 12
+        frame[:, :, y : y + 4, x : x + 4] += rng.standard_normal((1, 8, 4, 4)).astype(np.float32)
+        frames.append(frame)
+    if count > 7:
+        frames[7][0, 0, 0, :3] = [np.nan, -0.0, np.inf]  # bits, not values, travel
+    return frames
+
+
+def test_delta_zstd_is_bit_exact_over_a_stream_with_key_frames_and_a_reconnect():
+    from runtime.codec import DeltaDecoder, DeltaEncoder
+
+    rng = np.random.default_rng(1)
+    spec = CodecSpec.parse("delta+zstd+shuffle")
+    encoder, decoder = DeltaEncoder(key_every=25), DeltaDecoder()
+    sizes = {True: [], False: []}
+    for n, frame in enumerate(_frames(100)):
+        if n == 50:  # a reconnect: both sides start over
+            encoder.reset()
+            decoder = DeltaDecoder()
+        encoded = encoder.encode(frame, spec, slot="c1/x", name="x", key=rng.random() < 0.05)
+        assert encoded.key_frame == (n in (0, 50) or encoded.key_frame)
+        sizes[encoded.key_frame].append(len(encoded.payload))
+        # it travels: through the protobuf message and back
+        wire = tensor_from_proto(tensor_to_proto(encoded))
+        got = decoder.decode(wire, slot="c1/x")
+        assert got.tobytes() == frame.tobytes(), n
+    assert 2 <= len(sizes[True]) < 20
+    assert np.median(sizes[False]) * 2 < np.median(sizes[True])  # deltas are smaller
+    plain = len(encode(_frames(1)[0], CodecSpec.parse("zstd+shuffle")).payload)
+    assert sizes[True][0] == plain  # a key frame is the plain zstd frame
+
+
+def test_delta_int8_errors_do_not_add_up():
+    """The reference is what the receiver reconstructed: after 100 frames the error is
+    still within half a quantization step of the last delta."""
+    from runtime.codec import DeltaDecoder, DeltaEncoder
+
+    spec = CodecSpec.parse("delta+int8+zstd")
+    encoder, decoder = DeltaEncoder(), DeltaDecoder()
+    frames = _frames(100)
+    frames[7] = frames[6].copy()  # int8 carries no inf or NaN
+    for frame in frames:
+        encoded = encoder.encode(frame, spec, slot="s")
+        got = decoder.decode(tensor_from_proto(tensor_to_proto(encoded)), slot="s")
+        step = encoded.scale[0]
+        assert np.max(np.abs(got - frame)) <= step / 2 * 1.001 + 1e-6
+    assert encoder.key_frames < 5  # the first, and when a residual costs more than a key
+
+
+def test_delta_frames_without_their_reference_are_refused():
+    from runtime.codec import DeltaDecoder, DeltaEncoder
+
+    spec = CodecSpec.parse("delta+zstd")
+    encoder, decoder = DeltaEncoder(), DeltaDecoder()
+    frames = _frames(3)
+    decoder.decode(encoder.encode(frames[0], spec, slot="s"), slot="s")
+    second = encoder.encode(frames[1], spec, slot="s")
+    assert not second.key_frame
+    with pytest.raises(CodecError, match="no previous frame of it: send a key frame"):
+        DeltaDecoder().decode(second, slot="s")
+    with pytest.raises(CodecError, match="travels only on a stream"):
+        decode(second)  # alone, only a key frame can be read
+    other = encoder.encode(frames[2][:, :4], spec, slot="s")
+    assert other.key_frame  # a new shape starts over
+    bad = replace(second, shape=(1, 8, 16, 8))
+    with pytest.raises(CodecError, match="send a key frame"):
+        decoder.decode(bad, slot="s")
+    with pytest.raises(CodecError, match="no previous frame"):  # the slot was reset
+        decoder.decode(second, slot="s")
+    # alone, encode makes key frames that decode reads
+    assert decode(encode(frames[0], spec)).tobytes() == frames[0].tobytes()
