@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from runtime.cloud.service import (
     SENT_COPIES,
     TailService,
     answer_queue,
+    decoded_bytes,
     refuse,
     respond,
     same,
@@ -47,7 +48,7 @@ from runtime.cloud.service import (
     tensor_bytes,
 )
 from runtime.cloud.tails import HostLimits, ServedModel, TailHost
-from runtime.codec import Codec, CodecSpec, Encoded
+from runtime.codec import Codec, CodecSpec, DeltaDecoder, Encoded, encode
 from runtime.engine import SessionOptions
 from runtime.errors import (
     InvalidInputError,
@@ -155,6 +156,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         tasks: set[asyncio.Task[None]] = set()
         incoming = _Incoming()
         share = self.service.share()
+        deltas = _Deltas(self.service, self.host.limits.max_tensor_bytes)
 
         async def run(done: _Assembly) -> None:
             call = self.service.metrics.call(PROTOCOL)
@@ -162,11 +164,12 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             handed = False
             try:
                 call.bytes_in = sum(done.sizes)
-                tensors = [
+                tensors = done.tensors or [
                     tensor_from_proto(t, memoryview(p))
                     for t, p in zip(request.tensors, done.payloads, strict=True)
                 ]
                 del done.payloads[:]
+                done.tensors = []
                 response, outputs = await self._infer(
                     request, tensors, context, call, hold, stream=True
                 )
@@ -204,6 +207,13 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
                 except _Refused as refused:  # this request is answered; the stream goes on
                     await answers.put((_stream_error(refused.request_id, refused.error), None))
                     continue
+                if done is not None and deltas.needed(done.request):
+                    try:  # here, in the order the frames came: each needs the one before
+                        done.tensors = await deltas.decode(done)
+                    except Exception as exc:
+                        done.hold.release()
+                        await answers.put((_stream_error(done.request.request_id, exc), None))
+                        continue
                 if done is not None:
                     await spawn(tasks, run(done), done.hold.release)
             for request_id in list(incoming.pending):
@@ -217,6 +227,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
                     yield answer
         finally:
             incoming.close()
+            deltas.close()
 
     async def _assemble(self, data: bytes, incoming: _Incoming, share: Share) -> _Assembly | None:
         """Add one stream message; returns a request once all its bytes have arrived.
@@ -315,6 +326,59 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
 
 _DESCRIBE_REQUEST = fastwire.Layout(pb.DescribeRequest)
 MAX_REFUSED_IDS = 1024  # per stream: ids whose late chunks are dropped quietly
+
+
+class _Deltas:
+    """A stream's delta-codec references (runtime.codec.DeltaDecoder), one per (model,
+    cut, tensor), held in the server's memory budget for as long as the stream lasts.
+    Frames are decoded in the order they arrived, each against the one before."""
+
+    def __init__(self, service: TailService, max_bytes: int) -> None:
+        self.service = service
+        self.decoder = DeltaDecoder(max_bytes=max_bytes)
+        self.hold = service.budget.hold()
+
+    @staticmethod
+    def needed(request: pb.InferRequest) -> bool:
+        return any(t.codec.startswith("delta+") for t in request.tensors)
+
+    async def decode(self, done: _Assembly) -> list[Encoded]:
+        """The request's tensors, delta frames decoded (as raw tensors); a frame whose
+        reference is missing or whose memory does not fit is refused, and its slot
+        forgotten: the sender's next key frame starts it again."""
+        request = done.request
+        tensors = [
+            tensor_from_proto(t, memoryview(p))
+            for t, p in zip(request.tensors, done.payloads, strict=True)
+        ]
+        del done.payloads[:]
+        slots = [f"{request.model}/{request.cut}/{t.name}" for t in tensors]
+
+        def work() -> list[Encoded]:
+            return [
+                encode(self.decoder.decode(t, slot=slot), name=t.name) if t.codec.delta else t
+                for t, slot in zip(tensors, slots, strict=True)
+            ]
+
+        before = self.decoder.nbytes
+        size = decoded_bytes(tensors)
+        decoded = await self.service.offload(work, size, stream=True)
+        grown = self.decoder.nbytes - before
+        try:
+            if grown > 0:
+                self.hold.grow(grown, "the stream's delta references")
+            elif grown < 0:
+                self.hold.shrink(-grown)
+        except Exception:
+            for slot in slots:
+                self.decoder.reset(slot)
+            self.hold.shrink(before - self.decoder.nbytes)
+            raise
+        return decoded
+
+    def close(self) -> None:
+        self.decoder.reset()
+        self.hold.release()
 
 
 class _Refused(Exception):
@@ -424,6 +488,7 @@ class _Assembly:
     payloads: list[bytearray]
     sizes: list[int]
     hold: Hold
+    tensors: list[Encoded] = field(default_factory=list)  # decoded before it ran (delta)
 
     def add(self, tensor: int, data: bytes | memoryview) -> str | None:
         """Append one chunk of tensor ``tensor``; what is wrong with it, or None."""

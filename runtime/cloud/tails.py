@@ -326,7 +326,7 @@ def _warm(session: ort.InferenceSession, cut: CutArtifact) -> None:
 def check_response_codec(spec: CodecSpec | None) -> CodecSpec:
     """Outputs travel losslessly: raw unless zstd is asked for."""
     spec = spec or CodecSpec()
-    if spec.codec.lossy:
+    if spec.codec.lossy or spec.codec.delta:
         raise CodecError(
             f"outputs are sent losslessly: response codec {spec.codec.value} "
             "is not allowed (use raw or zstd)"

@@ -404,7 +404,14 @@ def test_describe_lists_models_cuts_and_codecs(resnet_artifacts, host, serve):
         assert [c.id for c in info.cuts] == [c.id for c in manifest.cuts]
         edge = next(c for c in info.cuts if c.id == "edge")
         assert not edge.served and all(c.served for c in info.cuts if c.id != "edge")
-        assert set(info.codecs) == {"raw", "zstd", "fp16+zstd", "int8+zstd"}
+        assert set(info.codecs) == {
+            "raw",
+            "zstd",
+            "fp16+zstd",
+            "int8+zstd",
+            "delta+zstd",
+            "delta+int8+zstd",
+        }
         assert info.inputs[0].shape[0] == -1 and info.inputs[0].dim_names[0] == "N"
         with pytest.raises(NotFoundError):
             client.describe("nope")
