@@ -25,20 +25,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from runtime.artifacts import load_manifest
-from runtime.codec import CodecSpec, Encoded, encoded_size
+from runtime.codec import Codec, CodecSpec, Encoded, encoded_size
 from runtime.device.client import ClientTLS, Reply, SplitClient
 from runtime.device.edge import Result, encode_all
 from runtime.device.link import CircuitBreaker, LinkEstimator
+from runtime.device.pipeline import Pipeline
 from runtime.engine import (
     CutRunner,
     SessionOptions,
@@ -85,6 +88,20 @@ class EdgeOptions:
     stale_s: float = 0.5
     local_margin: float = 1.0  # a split must be predicted this many times faster
     explore_s: float = 2.0  # a cut's costs older than this are stale: try it again
+    # streams (submit, stream): how their cut is chosen ("throughput": the most frames
+    # per second; "latency": as infer), whether frames sent with zstd go as delta+zstd,
+    # and a key frame every this many frames of a tensor (0: only when needed)
+    stream_objective: str = "throughput"
+    delta: bool = True
+    key_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stream_objective not in ("throughput", "latency"):
+            raise ValueError(
+                f"stream_objective must be 'throughput' or 'latency', not {self.stream_objective!r}"
+            )
+        if self.key_every < 0:
+            raise ValueError(f"key_every must be 0 or more, not {self.key_every}")
 
 
 @dataclass
@@ -121,9 +138,14 @@ class _Route:
 
 @dataclass
 class _Stats:
-    paths: dict[str, int] = field(default_factory=lambda: {"local": 0, "split": 0, "fallback": 0})
+    paths: dict[str, int] = field(
+        default_factory=lambda: {"local": 0, "split": 0, "fallback": 0, "dropped": 0}
+    )
     failures: dict[str, int] = field(default_factory=dict)
     calls: int = 0
+    frames: int = 0  # taken in by submit and stream
+    dropped: int = 0  # realtime frames the pipeline had no room for
+    sent_bytes: int = 0  # payload bytes sent up, every path
     explored: int = 0
     by_cut: dict[str, int] = field(default_factory=dict)
 
@@ -156,6 +178,7 @@ class EdgeRuntime:
             if cut.tail is not None and (not self.planned or cut.id in self.planned)
         }
         self.codecs = self._codecs(options.codec)
+        self.stream_codecs = self._stream_codecs()
         seed = (self.manifest.plan or {}).get("default", {}).get("link", {})
         self.link = LinkEstimator(
             uplink_bps=seed.get("uplink_bps", options.uplink_bps),
@@ -170,6 +193,14 @@ class EdgeRuntime:
         self.costs: dict[tuple[str, str], _CutCosts] = {}
         self._match_server()
         self.local_ms, self.costs = self._warm_up()
+        for (cut_id, label), c in list(self.costs.items()):
+            plain = CodecSpec.parse(label)
+            for spec in self.stream_codecs.get(cut_id, ()):
+                # a frame's delta is priced as its key frame (the plain codec) until measured
+                if spec.codec.delta and replace(spec, codec=spec.codec.base) == plain:
+                    self.costs.setdefault((cut_id, spec.label), replace(c))
+        self._pool: ThreadPoolExecutor | None = None
+        self._pipeline: Pipeline | None = None
         self._explored_at = time.monotonic()
         self._requests = self._explored_after = 0  # requests started; at the last trial
         # learn the link before the first request: a first call opens the connection
@@ -204,6 +235,12 @@ class EdgeRuntime:
         self.close()
 
     def close(self) -> None:
+        with self._lock:
+            pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            pipeline.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         self._closing.set()
         self._prober.join(timeout=5)
         self.client.close()
@@ -254,6 +291,20 @@ class EdgeRuntime:
             cut_id: tuple(planned.get(cut_id) or [CodecSpec.parse("raw")]) for cut_id in self.cuts
         }
 
+    def _stream_codecs(self) -> dict[str, tuple[CodecSpec, ...]]:
+        """The codecs a stream's frames may go with: each cut's, and with ``delta`` its
+        zstd as delta+zstd (never worse: a delta no smaller than a key frame is sent as
+        one)."""
+        chosen = {}
+        for cut_id, specs in self.codecs.items():
+            extra = [
+                replace(spec, codec=Codec.DELTA_ZSTD)
+                for spec in specs
+                if self.options.delta and spec.codec is Codec.ZSTD
+            ]
+            chosen[cut_id] = tuple(dict.fromkeys([*specs, *extra]))
+        return chosen
+
     # ---- measuring
 
     def _warm_up(self) -> tuple[float, dict[tuple[str, str], _CutCosts]]:
@@ -295,7 +346,7 @@ class EdgeRuntime:
         """Where this request goes: a split, or None to run locally."""
         with self._lock:
             self._requests += 1
-            options = {key: self.predict(*key) for key in self.costs}
+            options = {key: self.predict(*key) for key in self.costs if self._unary(key)}
             local = self.local_ms
         if not options:
             return None
@@ -307,6 +358,44 @@ class EdgeRuntime:
         choice = best if faster and (options[best] <= deadline or local > deadline) else None
         trial = self._trial(choice, options[choice] if choice else local)
         return trial or (_Route(choice) if choice else None)
+
+    def _unary(self, key: tuple[str, str]) -> bool:
+        """Whether infer() sends with this (cut, codec): the stream-only delta codecs are
+        left to streams (alone, a delta frame is a key frame)."""
+        return any(spec.label == key[1] for spec in self.codecs.get(key[0], ()))
+
+    def _stages(self, c: _CutCosts) -> dict[str, float]:
+        """A pipeline's stages for one (cut, codec), in ms per frame."""
+        link = self.link.estimate()
+        return {
+            "device_ms": c.head_ms + c.encode_ms,
+            "uplink_ms": c.up_bytes * 8 / link.uplink_bps * 1000,
+            "cloud_ms": c.server_ms,
+            "downlink_ms": c.down_bytes * 8 / link.uplink_bps * 1000 + c.decode_ms,
+        }
+
+    def _choose_stream(self) -> _Route | None:
+        """Where a stream's frames go: the (cut, codec) with the most frames per second
+        (``stream_objective="latency"``: the least latency), or None to run locally
+        when that is better or the best split cannot meet the deadline."""
+        with self._lock:
+            keys = [
+                k for k in self.costs if k[1] in {s.label for s in self.stream_codecs.get(k[0], ())}
+            ]
+            latency = {k: self._predict(self.costs[k]) for k in keys}
+            period = {k: max(self._stages(self.costs[k]).values()) for k in keys}
+            local = self.local_ms
+        if not keys:
+            return None
+        score = period if self.options.stream_objective == "throughput" else latency
+        # a delta codec priced as its key frame (not yet measured) is no worse: it goes first
+        best = min(keys, key=lambda k: (score[k], latency[k], not k[1].startswith("delta+")))
+        better = score[best] * self.options.local_margin < local
+        if better and (
+            latency[best] <= self.options.deadline_ms or local > self.options.deadline_ms
+        ):
+            return _Route(best)
+        return None
 
     def _trial(self, choice: tuple[str, str] | None, taken_ms: float) -> _Route | None:
         """A trial of the cut seen least recently, when its costs are older than
@@ -391,19 +480,41 @@ class EdgeRuntime:
         finally:
             with self._lock:
                 self._inflight -= 1
+        up = sum(encoded_size(t) for t in tensors)
+        with self._lock:
+            self._stats.sent_bytes += up
+        weight = 1.0 if route.trial else EWMA  # a trial's answer replaces the stale costs
+        return self._finish(route.key, c, reply, kept, head_ms, encode_ms, up, start, weight)
+
+    def _finish(
+        self,
+        key: tuple[str, str],
+        c: _CutCosts,
+        reply: Reply,
+        kept: Mapping[str, np.ndarray],
+        head_ms: float,
+        encode_ms: float,
+        up: int,
+        start: float,
+        weight: float = EWMA,
+        *,
+        observe: bool = True,
+    ) -> Result:
+        """A split's Result, its costs blended in (and with ``observe`` what the answer
+        says of the link: not for a pipeline's frames, whose round trips include the
+        frames ahead of them)."""
+        cut_id, codec = key
         timing = reply.server
         server_ms = timing.queue_ms + timing.decode_ms + timing.compute_ms + timing.encode_ms
         if not reply.server_known:  # a server that does not say (Triton): the estimate
             with self._lock:
                 server_ms = c.server_ms
         network_ms = max(reply.round_trip_ms - server_ms, 0.0)
-        up = sum(encoded_size(t) for t in tensors)
         down = sum(v.nbytes for v in reply.outputs.values())
-        self.link.observe(up + down, network_ms)
+        if observe:
+            self.link.observe(up + down, network_ms)
         self.breaker.success()
         with self._lock:
-            # a trial's answer replaces the stale costs; others are blended in
-            weight = 1.0 if route.trial else EWMA
             c.head_ms, c.encode_ms = (
                 _blend(c.head_ms, head_ms, weight),
                 _blend(c.encode_ms, encode_ms, weight),
@@ -412,7 +523,7 @@ class EdgeRuntime:
                 _blend(c.server_ms, server_ms, weight),
                 _blend(c.decode_ms, reply.decode_ms, weight),
             )
-            c.up_bytes, c.down_bytes = up, down
+            c.up_bytes, c.down_bytes = _blend(c.up_bytes, up, weight), down
             c.penalty_ms = 0.0  # an answer: what it cost is known
             c.measured_at = time.monotonic()
             self._count("split", cut_id)
@@ -496,6 +607,82 @@ class EdgeRuntime:
         if breaker and not isinstance(exc, OverloadedError):  # busy is there: keep calling
             self.breaker.failure()
 
+    # ---- streams
+
+    def submit(self, feeds: Mapping[str, np.ndarray]) -> Future[Result]:
+        """Start one frame through the runtime's pipeline and return at once (blocks
+        while its window is full); the Future holds the frame's Result. Frames
+        submitted one after another overlap: the head of the next runs while this one
+        is on the wire or in the cloud."""
+        with self._lock:
+            if self._pipeline is None:
+                self._pipeline = Pipeline(self)
+            pipeline = self._pipeline
+        return pipeline.submit(feeds)
+
+    def stream(
+        self, frames: Iterable[Mapping[str, np.ndarray]], *, realtime: bool = False
+    ) -> Iterator[Result]:
+        """One Result per frame, in the frames' order, the frames pipelined on one
+        InferStream of their own (and its delta codec state). ``realtime``: frames
+        are taken as fast as ``frames`` gives them; one that finds the pipeline full
+        waits for the next free place and is dropped (path "dropped") if a newer frame
+        comes first. Otherwise the pipeline takes the next frame once it has room, and
+        no frame is dropped. A frame whose split fails is computed here."""
+        pipeline = Pipeline(self)
+        order: queue.SimpleQueue[Future[Result] | None] = queue.SimpleQueue()
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for feeds in frames:
+                    if stop.is_set():
+                        break
+                    try:
+                        future = pipeline.offer(feeds) if realtime else pipeline.submit(feeds)
+                    except Exception as exc:
+                        future = Future()
+                        future.set_exception(exc)
+                    order.put(future)
+            except Exception as exc:
+                failed: Future[Result] = Future()
+                failed.set_exception(exc)
+                order.put(failed)
+            finally:
+                order.put(None)
+
+        producer = threading.Thread(target=produce, name="splitinfer-frames", daemon=True)
+        producer.start()
+        try:
+            while (future := order.get()) is not None:
+                yield future.result()
+        finally:
+            stop.set()
+            pipeline.close()
+
+    def _device_pool(self) -> ThreadPoolExecutor:
+        """The device: one thread runs the pipelines' heads, encodings and local runs."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="splitinfer-device")
+            return self._pool
+
+    def _stream_result(self, frame: Any, reply: Reply) -> Result:
+        key = (frame.cut, frame.codec)
+        with self._lock:
+            c = self.costs.get(key)
+        if c is None:
+            raise NotFoundError(f"cut {frame.cut} is no longer used")
+        return self._finish(
+            key, c, reply, frame.kept, frame.head_ms, frame.encode_ms, frame.up_bytes,
+            frame.start, observe=False,
+        )  # fmt: skip
+
+    def _count_dropped(self) -> None:
+        with self._lock:
+            self._stats.dropped += 1
+            self._stats.paths["dropped"] += 1
+
     # ---- probing
 
     def _probe_loop(self) -> None:
@@ -568,6 +755,9 @@ class EdgeRuntime:
                 "failures": dict(self._stats.failures),
                 "calls": self._stats.calls,
                 "explored": self._stats.explored,
+                "frames": self._stats.frames,
+                "dropped": self._stats.dropped,
+                "sent_bytes": self._stats.sent_bytes,
                 "unserved": dict(self.unserved),
                 "breaker": self.breaker.snapshot(),
                 "link": {"uplink_bps": link.uplink_bps, "rtt_ms": link.rtt_ms, "age_s": link.age_s},

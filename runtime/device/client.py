@@ -6,10 +6,12 @@ the grpc.RpcError as the cause.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -248,6 +250,123 @@ class SplitClient:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
         return (time.perf_counter() - start) * 1000, response.server_ms
+
+
+class FrameStream:
+    """One InferStream kept open for a pipeline of requests (a camera's frames): each
+    ``send`` returns at once with a Future of its Reply; the server works on several
+    at once and answers each by its request id. When the stream fails (reset, server
+    gone, ``close``), every request still waiting fails with that error and the
+    stream is ``broken``: open a new one."""
+
+    def __init__(
+        self,
+        client: SplitClient,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        response_codec: str = "raw",
+    ) -> None:
+        self.client = client
+        self.chunk_bytes = min(chunk_bytes, client.max_request_bytes // 2)
+        self.response_codec = response_codec
+        self._outgoing: queue.SimpleQueue[pb.StreamRequest | None] = queue.SimpleQueue()
+        self._waiting: dict[str, tuple[Future[Reply], float]] = {}
+        self._lock = threading.Lock()
+        self.broken: Exception | None = None
+        self._call = client.stub.InferStream(self._messages(), metadata=client.metadata)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def send(self, model: str, cut: str, tensors: Sequence[Encoded]) -> Future[Reply]:
+        """Queue one request; its Future holds the Reply or the splitinfer error."""
+        future: Future[Reply] = Future()
+        request_id = uuid.uuid4().hex
+        with self._lock:
+            if self.broken is not None:
+                future.set_exception(self.broken)
+                return future
+            self._waiting[request_id] = (future, time.perf_counter())
+        for message in stream_messages(
+            model, cut, tensors, request_id, self.chunk_bytes, self.response_codec
+        ):
+            self._outgoing.put(message)
+        return future
+
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+    def close(self, why: Exception | None = None) -> None:
+        """End the stream: the requests still waiting fail (with ``why``)."""
+        self._outgoing.put(None)
+        self._fail(why or RemoteError("the stream was closed", "CANCELLED"))
+        self._call.cancel()
+
+    def _messages(self) -> Iterator[pb.StreamRequest]:
+        while (message := self._outgoing.get()) is not None:
+            yield message
+
+    def _read(self) -> None:
+        partial: dict[str, tuple[pb.InferResponse, list[bytearray]]] = {}
+        try:
+            for item in self._call:
+                kind = item.WhichOneof("item")
+                if kind == "error":
+                    error = error_for(_status(item.error.code), item.error.message)
+                    self._settle(item.error.request_id, error=error)
+                    continue
+                if kind == "response":
+                    response = item.response
+                    buffers = [bytearray(o.payload) for o in response.outputs]
+                    partial[response.request_id] = (response, buffers)
+                    request_id = response.request_id
+                else:
+                    request_id = item.chunk.request_id
+                    if request_id not in partial:
+                        continue
+                    partial[request_id][1][item.chunk.tensor].extend(item.chunk.data)
+                response, buffers = partial[request_id]
+                sizes = [o.payload_size or len(o.payload) for o in response.outputs]
+                if all(len(b) == s for b, s in zip(buffers, sizes, strict=True)):
+                    del partial[request_id]
+                    for output, buffer in zip(response.outputs, buffers, strict=True):
+                        output.payload = bytes(buffer)
+                        output.payload_size = 0
+                    self._settle(request_id, response=response)
+            self._fail(RemoteError("the server ended the stream", "UNAVAILABLE"))
+        except grpc.RpcError as exc:
+            self._fail(error_from_rpc(exc))
+        except Exception as exc:  # an answer that does not decode: the stream is unusable
+            self._fail(RemoteError(f"unreadable answer on the stream: {exc}", "INTERNAL"))
+
+    def _settle(
+        self,
+        request_id: str,
+        *,
+        response: pb.InferResponse | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        with self._lock:
+            entry = self._waiting.pop(request_id, None)
+        if entry is None:
+            return
+        future, start = entry
+        if error is not None:
+            future.set_exception(error)
+            return
+        assert response is not None
+        try:
+            future.set_result(_reply(response, (time.perf_counter() - start) * 1000))
+        except Exception as exc:
+            future.set_exception(exc)
+
+    def _fail(self, error: Exception) -> None:
+        with self._lock:
+            if self.broken is None:
+                self.broken = error
+            waiting, self._waiting = self._waiting, {}
+        for future, _ in waiting.values():
+            future.set_exception(error)
 
 
 class CallFuture(Protocol):
