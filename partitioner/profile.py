@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,15 @@ from partitioner.cuts import Cut, enumerate_cuts
 from partitioner.graph import ModelGraph, is_sendable
 from partitioner.split import model_sha256, submodel, write_artifacts
 from runtime.artifacts import TensorSpec, read_json
-from runtime.codec import Codec, CodecSpec, decode, encode, encoded_size
+from runtime.codec import (
+    Codec,
+    CodecSpec,
+    DeltaDecoder,
+    DeltaEncoder,
+    decode,
+    encode,
+    encoded_size,
+)
 from runtime.engine import CutRunner, SessionOptions, make_session, run_session
 from runtime.errors import ProfileError, SplitInferError
 
@@ -48,6 +56,12 @@ DEFAULT_CODECS = (
     CodecSpec(codec=Codec.FP16_ZSTD, level=1, shuffle=True),
     CodecSpec(codec=Codec.INT8_ZSTD, level=1),
 )
+# measured when the profile is given a sequence of frames (profile --frames)
+DELTA_CODECS = (
+    CodecSpec(codec=Codec.DELTA_ZSTD, level=1, shuffle=True),
+    CodecSpec(codec=Codec.DELTA_INT8_ZSTD, level=1),
+)
+FRAMES_GENERATED = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -321,8 +335,11 @@ def profile_model(
     *,
     cuts: Sequence[Cut] | None = None,
     progress: bool = True,
+    frames: Sequence[Mapping[str, np.ndarray]] = (),
 ) -> Profile:
-    """Measure every cut of ``graph`` (candidates by default) on this machine."""
+    """Measure every cut of ``graph`` (candidates by default) on this machine. With
+    ``frames`` (a stream's consecutive inputs, one sample each), the delta codecs are
+    measured on them too: what a frame costs after the one before it."""
     cuts = (
         list(cuts) if cuts is not None else enumerate_cuts(graph, max_tensors=options.max_tensors)
     )
@@ -342,6 +359,11 @@ def profile_model(
         if bar:
             bar.step("full model")
         tensor_costs = _tensor_codec_costs(activations, names, options)
+        if frames:
+            sequence = _activations(graph, names, Path(tmp), [dict(f) for f in frames])
+            for name, per in _delta_codec_costs(sequence, names).items():
+                tensor_costs[name].update(per)
+            options = replace(options, codecs=(*options.codecs, *DELTA_CODECS))
         if bar:
             bar.step("codecs")
         cut_profiles = []
@@ -428,6 +450,86 @@ def _tensor_codec_costs(
             )
         costs[name] = per
     return costs
+
+
+def _delta_codec_costs(
+    sequence: list[dict[str, np.ndarray]], names: Sequence[str]
+) -> dict[str, dict[str, CodecCost]]:
+    """Each tensor's delta codecs over a stream of frames, in order: the mean bytes and
+    median times of the frames after the first (a key frame, whatever the codec)."""
+    costs: dict[str, dict[str, CodecCost]] = {}
+    for name in names:
+        per: dict[str, CodecCost] = {}
+        for spec in DELTA_CODECS:
+            if not spec.codec.accepts(sequence[0][name].dtype.name):
+                continue
+            encoder, decoder = DeltaEncoder(), DeltaDecoder()
+            sizes, enc, dec = [], [], []
+            for values in sequence:
+                start = time.perf_counter()
+                encoded = encoder.encode(values[name], spec, slot=name)
+                middle = time.perf_counter()
+                decoder.decode(encoded, slot=name)
+                enc.append((middle - start) * 1000.0)
+                dec.append((time.perf_counter() - middle) * 1000.0)
+                sizes.append(encoded_size(encoded))
+            steady = slice(1, None) if len(sizes) > 1 else slice(None)
+            per[spec.label] = CodecCost(
+                float(np.mean(sizes[steady])),
+                float(np.median(enc[steady])),
+                float(np.median(dec[steady])),
+            )
+        costs[name] = per
+    return costs
+
+
+def frame_sequence(
+    graph: ModelGraph, frames: Path | str, feeds: Mapping[str, np.ndarray]
+) -> list[dict[str, np.ndarray]]:
+    """A stream's frames for ``profile --frames``: from a directory, one ``.npy`` file
+    per frame of a one-input model (in name order, each one sample); or ``"still"``:
+    a generated still camera, the first calibration sample with a block (an eighth of
+    its last two dimensions) of the second sample moving across it, FRAMES_GENERATED
+    frames."""
+    if len(graph.inputs) != 1:
+        raise SplitInferError(
+            f"--frames takes frames of a one-input model; this one has {len(graph.inputs)} inputs"
+        )
+    name = graph.inputs[0]
+    spec = graph.spec(name)
+    if str(frames) == "still":
+        source = feeds[name]
+        if source.ndim < 2 or np.dtype(source.dtype).kind != "f":
+            raise SplitInferError(
+                f"--frames still moves a block across a float input of rank 2 or more; "
+                f"input {name!r} is {source.dtype}{list(source.shape)}: give a directory"
+            )
+        background = source[:1]
+        mover = source[1:2] if len(source) > 1 else source[:1][..., ::-1, ::-1]
+        rows, cols = background.shape[-2], background.shape[-1]
+        h, w = max(1, rows // 8), max(1, cols // 8)
+        sequence = []
+        for n in range(FRAMES_GENERATED):
+            y = (n * max(1, h // 2)) % max(1, rows - h + 1)
+            x = (n * max(1, w // 2)) % max(1, cols - w + 1)
+            frame = background.copy()
+            frame[..., y : y + h, x : x + w] = mover[..., y : y + h, x : x + w]
+            sequence.append({name: frame})
+        return sequence
+    directory = Path(frames)
+    if not directory.is_dir():
+        raise SplitInferError(f"{directory}: not a directory of .npy frames (or 'still')")
+    files = sorted(directory.glob("*.npy"))
+    if len(files) < 2:
+        raise SplitInferError(f"{directory}: --frames needs at least two .npy frames")
+    sequence = []
+    for path in files:
+        array = _read(path)
+        _check_calibration(str(path), array, spec)
+        if len(array) != 1:
+            raise SplitInferError(f"{path}: a frame is one sample, this file has {len(array)}")
+        sequence.append({name: array})
+    return sequence
 
 
 def _profile_cut(

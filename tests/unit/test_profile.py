@@ -202,3 +202,37 @@ def test_calibration_arrays_of_the_wrong_rank_are_refused(chain, tmp_path):
     np.save(tmp_path / "image.npy", np.float32(1.0))
     with pytest.raises(Exception, match="scalar"):
         calibration_feeds(chain, calib=tmp_path)
+
+
+def test_frames_price_the_delta_codecs_on_a_still_camera(chain, tmp_path):
+    """profile --frames: the delta codecs measured frame after frame. On a still scene
+    with a small moving block, the input's delta costs a fraction of its zstd frame;
+    the frames come from a directory (one .npy each) or are generated ('still')."""
+    from partitioner.profile import frame_sequence
+
+    feeds = calibration_feeds(chain, samples=2)
+    still = frame_sequence(chain, "still", feeds)
+    assert len(still) == 16 and still[0]["image"].shape == (1, 3, 16, 16)
+    changed = [not np.array_equal(a["image"], b["image"]) for a, b in zip(still, still[1:])]
+    assert all(changed)
+    for n, frame in enumerate(still[:4]):
+        np.save(tmp_path / f"frame{n:03d}.npy", frame["image"])
+    assert [f["image"].tobytes() for f in frame_sequence(chain, tmp_path, feeds)] == [
+        f["image"].tobytes() for f in still[:4]
+    ]
+    profile = profile_model(chain, feeds, QUICK, progress=False, frames=still)
+    cloud = next(c for c in profile.cuts if c.id == "cloud")
+    assert {"delta+zstd+shuffle", "delta+int8+zstd"} <= set(cloud.codecs)
+    assert cloud.codecs["delta+zstd+shuffle"].bytes < cloud.codecs["zstd+shuffle"].bytes / 3
+    assert "delta+int8+zstd" in cloud.errors
+    plain = profile_model(chain, feeds, QUICK, progress=False)
+    assert not any(label.startswith("delta") for c in plain.cuts for label in c.codecs)
+    with pytest.raises(Exception, match="at least two .npy frames"):
+        frame_sequence(chain, _one_frame(tmp_path, still[0]["image"]), feeds)
+
+
+def _one_frame(tmp_path: Path, frame: np.ndarray) -> Path:
+    directory = tmp_path / "one"
+    directory.mkdir()
+    np.save(directory / "only.npy", frame)
+    return directory
