@@ -159,9 +159,10 @@ def _run_bound(
     results: dict[str, np.ndarray] = {}
     later: list[str] = []
     for spec in session.get_outputs():
-        shape = [d if isinstance(d, int) else sizes.get(d) for d in spec.shape]
+        known = [d if isinstance(d, int) else sizes.get(d) for d in spec.shape]
         dtype = _ORT_TYPES.get(spec.type)
-        if dtype is None or any(d is None for d in shape):
+        shape = [d for d in known if d is not None]
+        if dtype is None or len(shape) != len(known):
             binding.bind_output(spec.name, "cpu")
             later.append(spec.name)
             continue
