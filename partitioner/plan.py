@@ -13,6 +13,13 @@ lossless codec, a minimum s–t cut (partitioner.mincut) finds the optimum of
 the additive model over *every* cut of the DAG, with per-node costs taken from
 nested profiled heads; a cut it finds that was not profiled joins the
 candidates, priced by the additive model and marked so.
+
+For a stream of frames (``objective="throughput"``) the same parts form a
+pipeline: the device (head and encode), the uplink, the cloud (decode and tail,
+over the server's workers) and the downlink work on different frames at once,
+so the frame rate is 1000 / (the slowest stage in ms), and the round trip, which
+the pipeline hides, is no stage. The additive model's best cut for that is a
+branch and bound (``partitioner.mincut.bottleneck_cut``).
 """
 
 from __future__ import annotations
@@ -20,14 +27,14 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from partitioner.cuts import CLOUD_ONLY, EDGE_ONLY, Cut, cut_from_tensors, enumerate_cuts
 from partitioner.graph import ModelGraph, members
-from partitioner.mincut import CutCosts, optimal_cut
+from partitioner.mincut import CutCosts, StageCosts, Stages, bottleneck_cut, optimal_cut
 from partitioner.profile import Profile
 from partitioner.split import model_sha256
 from runtime.artifacts import read_json
@@ -38,6 +45,9 @@ PLAN_FORMAT = 1
 PLAN_KIND = "splitinfer-plan"
 SWEEP_UPLINKS_MBIT = tuple(round(10 ** (e / 10), 4) for e in range(-10, 31))  # 0.1 .. 1000
 SWEEP_RTTS_MS = (5.0, 20.0, 40.0, 100.0)
+
+Objective = Literal["latency", "throughput"]
+OBJECTIVES: tuple[Objective, ...] = ("latency", "throughput")
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,7 @@ class Prediction:
     bytes: float
     error: float | None = None  # relative L2 error of the outputs, for lossy codecs
     source: str = "measured"  # or "min-cut": priced by the additive model
+    cloud_workers: int = 1  # the server's parallel workers, which share the cloud stage
 
     @property
     def total_ms(self) -> float:
@@ -100,8 +111,28 @@ class Prediction:
             + self.return_ms
         )
 
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "predicted_ms": self.total_ms}
+    @property
+    def stages(self) -> Stages:
+        """Per frame, each stage of the pipeline (edge-only: all of it on the device)."""
+        return Stages(
+            device_ms=self.edge_ms + self.encode_ms,
+            uplink_ms=self.transfer_ms,
+            cloud_ms=(self.decode_ms + self.cloud_ms) / self.cloud_workers,
+            downlink_ms=self.return_ms,
+        )
+
+    @property
+    def predicted_fps(self) -> float:
+        """Frames per second a pipeline sustains: paced by the slowest stage."""
+        slowest = self.stages.bottleneck_ms
+        return 1000.0 / slowest if slowest > 0 else math.inf
+
+    def to_json(self, objective: Objective = "latency") -> dict[str, Any]:
+        data = {**asdict(self), "predicted_ms": self.total_ms}
+        if objective == "latency":
+            del data["cloud_workers"]  # only the pipeline's stages depend on it
+            return data
+        return {**data, "predicted_fps": self.predicted_fps, "stages": asdict(self.stages)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,27 +153,42 @@ class Choice:
     candidates: tuple[Prediction, ...]
     link: Link
     reason: str
+    objective: Objective = "latency"
 
     def to_json(self) -> dict[str, Any]:
+        best: dict[str, Any] = {
+            "cut": self.best.cut,
+            "codec": self.best.codec,
+            "predicted_ms": self.best.total_ms,
+        }
+        if self.objective == "throughput":
+            best["predicted_fps"] = self.best.predicted_fps
+            best["stages"] = asdict(self.best.stages)
         return {
-            "best": {
-                "cut": self.best.cut,
-                "codec": self.best.codec,
-                "predicted_ms": self.best.total_ms,
-            },
+            "objective": self.objective,
+            "best": best,
             "link": asdict(self.link),
             "reason": self.reason,
-            "candidates": [c.to_json() for c in self.candidates],
+            "candidates": [c.to_json(self.objective) for c in self.candidates],
         }
 
 
 class Planner:
-    """Prices cuts from an edge and a cloud profile of one model."""
+    """Prices cuts from an edge and a cloud profile of one model; ``cloud_workers`` is
+    how many requests the server runs at once, which matters to throughput only."""
 
-    def __init__(self, graph: ModelGraph, edge: Profile, cloud: Profile) -> None:
+    def __init__(
+        self, graph: ModelGraph, edge: Profile, cloud: Profile, *, cloud_workers: int = 1
+    ) -> None:
+        if cloud_workers < 1:
+            raise ValueError(f"cloud_workers must be at least 1, not {cloud_workers}")
         self.graph = graph
         self.edge = edge
         self.cloud = cloud
+        self.cloud_workers = cloud_workers
+        # bottleneck heads by (codec, uplink, downlink, keep_input_on_device): a sweep
+        # asks for the same link at every RTT, and the RTT is no stage
+        self._bottleneck_heads: dict[tuple[str, float, float | None, bool], int] = {}
         # every cut of the model by id; min-cut cuts join it as they are found
         self.cuts = {c.id: c for c in enumerate_cuts(graph, max_tensors=None)}
         self._check_profiles()
@@ -199,7 +245,8 @@ class Planner:
         """A measured cut priced with one codec; None when the codec cannot carry it."""
         edge, cloud = self.edge.cut(cut_id), self.cloud.cut(cut_id)
         if cut_id == EDGE_ONLY:
-            return Prediction(cut_id, "-", (), self.edge.full_ms.median_ms, 0, 0, 0, 0, 0, 0, 0.0)
+            full, workers = self.edge.full_ms.median_ms, self.cloud_workers
+            return Prediction(cut_id, "-", (), full, 0, 0, 0, 0, 0, 0, 0.0, cloud_workers=workers)
         up, down = edge.codecs.get(label), cloud.codecs.get(label)
         if up is None or down is None:
             return None
@@ -220,6 +267,7 @@ class Planner:
             return_ms=link.down_ms(cloud.output_bytes),
             bytes=up.bytes,
             error=error,
+            cloud_workers=self.cloud_workers,
         )
 
     def allowed(self, prediction: Prediction, constraints: Constraints) -> bool:
@@ -227,9 +275,18 @@ class Planner:
             return False
         return prediction.error is None or prediction.error <= constraints.max_error
 
-    def candidates(self, link: Link, constraints: Constraints = Constraints()) -> list[Prediction]:
-        """Every allowed (cut, codec), measured ones and min-cut ones."""
+    def candidates(
+        self,
+        link: Link,
+        constraints: Constraints = Constraints(),
+        objective: Objective = "latency",
+    ) -> list[Prediction]:
+        """Every allowed (cut, codec): measured ones, and per lossless codec the additive
+        model's best cut for ``objective``."""
+        _check_objective(objective)
         labels = self.codec_labels(constraints)
+        if objective == "latency":  # one request is sent alone: a delta codec's frame is a key
+            labels = [k for k in labels if not CodecSpec.parse(k).codec.delta]
         if not labels:
             profiled = dict.fromkeys(k for c in self.edge.cuts for k in c.codecs)
             raise PlanError(
@@ -243,7 +300,7 @@ class Planner:
                 if prediction is not None and self.allowed(prediction, constraints):
                     found.append(prediction)
         heads = {self.cuts[p.cut].head for p in found if p.cut in self.cuts}
-        found += self._min_cut_candidates(link, labels, constraints, heads)
+        found += self._min_cut_candidates(link, labels, constraints, heads, objective)
         return found
 
     def _min_cut_candidates(
@@ -252,15 +309,16 @@ class Planner:
         labels: Sequence[str],
         constraints: Constraints,
         known: set[int],
+        objective: Objective,
     ) -> list[Prediction]:
         extra = []
         for label in labels:
             if CodecSpec.parse(label).codec.lossy:
                 continue  # their error is only known at profiled cuts
-            costs = self.cut_costs(link, label, constraints)
-            if costs is None:
-                continue
-            head = optimal_cut(self.graph, costs).head
+            if objective == "throughput":
+                head = self._bottleneck_head(link, label, constraints)
+            else:
+                head = optimal_cut(self.graph, self.cut_costs(link, label, constraints)).head
             if head in known or head in (0, self.graph.all_mask):
                 continue
             cut = cut_from_tensors(
@@ -270,20 +328,45 @@ class Planner:
             extra.append(self._additive_prediction(cut, label, link))
         return extra
 
-    def cut_costs(self, link: Link, label: str, constraints: Constraints) -> CutCosts | None:
-        """The additive model for one codec, or None if a tensor lacks measurements."""
-        send = {}
+    def _bottleneck_head(self, link: Link, label: str, constraints: Constraints) -> int:
+        key = (label, link.uplink_bps, link.downlink_bps, constraints.keep_input_on_device)
+        if key not in self._bottleneck_heads:
+            costs = self.stage_costs(link, label, constraints)
+            self._bottleneck_heads[key] = bottleneck_cut(self.graph, costs).head
+        return self._bottleneck_heads[key]
+
+    def cut_costs(self, link: Link, label: str, constraints: Constraints) -> CutCosts:
+        """The additive model of latency for one codec."""
+        stages = self.stage_costs(link, label, constraints)
+        send = {
+            name: stages.encode[name] + transfer + stages.decode[name]
+            for name, transfer in stages.transfer.items()
+        }
+        return CutCosts(stages.edge, stages.cloud, send, stages.receive, link.rtt_ms)
+
+    def stage_costs(self, link: Link, label: str, constraints: Constraints) -> StageCosts:
+        """The additive model of the pipeline's stages for one codec; a tensor that lacks
+        measurements, or may not leave the device, costs infinity to send."""
+        encode, transfer, decode = {}, {}, {}
         for name in self.graph.consumers:
             up = self.edge.tensors.get(name, {}).get(label)
             down = self.cloud.tensors.get(name, {}).get(label)
             if up is None or down is None:
-                send[name] = math.inf  # not measured, so never chosen
+                encode[name], transfer[name], decode[name] = 0.0, math.inf, 0.0
                 continue
             forbidden = constraints.keep_input_on_device and name in self.graph.inputs
-            cost = up.encode_ms + link.up_ms(up.bytes) + down.decode_ms
-            send[name] = math.inf if forbidden else cost
+            encode[name], decode[name] = up.encode_ms, down.decode_ms
+            transfer[name] = math.inf if forbidden else link.up_ms(up.bytes)
         receive = {o: link.down_ms(self._output_bytes(o)) for o in self.graph.outputs}
-        return CutCosts(self.edge_nodes, self.cloud_nodes, send, receive, link.rtt_ms)
+        return StageCosts(
+            self.edge_nodes,
+            self.cloud_nodes,
+            encode,
+            transfer,
+            decode,
+            receive,
+            workers=self.cloud_workers,
+        )
 
     def _output_bytes(self, name: str) -> float:
         size = self.graph.spec(name).bytes_per_sample()
@@ -309,15 +392,64 @@ class Planner:
             return_ms=link.down_ms(out),
             bytes=sum(p.bytes for p in parts),
             source="min-cut",
+            cloud_workers=self.cloud_workers,
         )
 
-    def choose(self, link: Link, constraints: Constraints = Constraints()) -> Choice:
-        """The least predicted latency among the allowed candidates."""
-        candidates = sorted(self.candidates(link, constraints), key=lambda p: p.total_ms)
+    def choose(
+        self,
+        link: Link,
+        constraints: Constraints = Constraints(),
+        objective: Objective = "latency",
+    ) -> Choice:
+        """The allowed candidate with the least predicted latency, or for ``"throughput"``
+        the most frames per second (of equals, the least latency)."""
+        candidates = sorted(self.candidates(link, constraints, objective), key=_ranking(objective))
         if not candidates:
             raise PlanError("no cut is allowed under these constraints")
         best = candidates[0]
-        return Choice(best, tuple(candidates), link, _reason(best, candidates))
+        if objective == "throughput":
+            reason = _throughput_reason(best, candidates)
+        else:
+            reason = _reason(best, candidates)
+        return Choice(best, tuple(candidates), link, reason, objective)
+
+
+def _check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(
+            f"unknown objective {objective!r}: expected one of {', '.join(OBJECTIVES)}"
+        )
+
+
+def _cost(objective: Objective) -> Callable[[Prediction], float]:
+    """What ``objective`` minimises: latency, or the slowest stage's time a frame."""
+    if objective == "throughput":
+        return lambda p: p.stages.bottleneck_ms
+    return lambda p: p.total_ms
+
+
+def _ranking(objective: Objective) -> Callable[[Prediction], tuple[float, float]]:
+    """Sort key, best first: the objective's cost, then latency."""
+    cost = _cost(objective)
+    return lambda p: (cost(p), p.total_ms)
+
+
+def _throughput_reason(best: Prediction, candidates: Sequence[Prediction]) -> str:
+    stages = best.stages
+    parts = [f"{best.cut} with {best.codec} is predicted to sustain {best.predicted_fps:.1f} fps"]
+    if stages.bottleneck_ms <= 0:
+        return parts[0]
+    for side, others in (
+        ("running it all on the device", [c for c in candidates if c.cut == EDGE_ONLY]),
+        ("cloud-only", [c for c in candidates if c.cut == CLOUD_ONLY]),
+    ):
+        if others and best.cut != others[0].cut:
+            slowest = min(c.stages.bottleneck_ms for c in others)
+            parts.append(f"{slowest / stages.bottleneck_ms:.2f}x the frame rate of {side}")
+    parts.append(
+        f"its bottleneck is the {stages.bottleneck} stage ({stages.bottleneck_ms:.1f} ms a frame)"
+    )
+    return "; ".join(parts)
 
 
 def _reason(best: Prediction, candidates: Sequence[Prediction]) -> str:
@@ -406,6 +538,7 @@ class Plan:
     cuts: tuple[dict[str, Any], ...]  # {"id", "tensors", "device_outputs", "codecs", "cloud_ms"}
     segments: tuple[Segment, ...]
     default: dict[str, Any] = field(default_factory=dict)
+    objective: Objective = "latency"  # what the segments' choices optimise
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -413,6 +546,7 @@ class Plan:
             "kind": PLAN_KIND,
             "model": self.model,
             "sha256": self.sha256,
+            "objective": self.objective,
             "constraints": self.constraints,
             "cuts": list(self.cuts),
             "segments": [asdict(s) for s in self.segments],
@@ -427,28 +561,30 @@ def sweep(
     planner: Planner,
     constraints: Constraints = Constraints(),
     *,
+    objective: Objective = "latency",
     uplinks_mbit: Sequence[float] = SWEEP_UPLINKS_MBIT,
     rtts_ms: Sequence[float] = SWEEP_RTTS_MS,
     downlink_bps: float | None = None,
     tolerance: float = 0.03,
     default: Link | None = None,
 ) -> Plan:
-    """The best (cut, codec) over a grid of links, reduced to few cuts.
+    """The best (cut, codec) for ``objective`` over a grid of links, reduced to few cuts.
 
     A cut is dropped while every grid point can still be served by the kept
-    cuts within ``tolerance`` of its best latency; edge-only is always kept.
-    Segment boundaries are where the two neighbouring choices cost the same,
-    solved from the cost model, not rounded to the grid.
+    cuts within ``tolerance`` of its best latency (for throughput, of its best
+    slowest stage); edge-only is always kept. Segment boundaries are where the
+    two neighbouring choices cost the same, solved from the cost model, not
+    rounded to the grid.
     """
+    _check_objective(objective)
+    rank = _ranking(objective)
     grid: dict[tuple[float, float], list[Prediction]] = {}
     for rtt in rtts_ms:
         for up in uplinks_mbit:
             link = Link(up * 1e6, rtt, downlink_bps)
-            grid[(rtt, up)] = sorted(
-                planner.candidates(link, constraints), key=lambda p: p.total_ms
-            )
+            grid[(rtt, up)] = sorted(planner.candidates(link, constraints, objective), key=rank)
     kept = {p.cut for options in grid.values() for p in options[:1]} | {EDGE_ONLY}
-    kept = _prune(grid, kept, tolerance)
+    kept = _prune(grid, kept, tolerance, _cost(objective))
     segments: list[Segment] = []
     for rtt in rtts_ms:
         runs: list[tuple[float, Prediction]] = []  # (uplink, best) where the best changes
@@ -456,8 +592,9 @@ def sweep(
             best = next(p for p in grid[(rtt, up)] if p.cut in kept)
             if not runs or (runs[-1][1].cut, runs[-1][1].codec) != (best.cut, best.codec):
                 runs.append((up, best))
+        crossover = _stage_crossover if objective == "throughput" else _crossover
         ends = [
-            _crossover(a, up_a, b, up_b, downlink_bps)
+            crossover(a, up_a, b, up_b, downlink_bps)
             for (up_a, a), (up_b, b) in itertools.pairwise(runs)
         ]
         starts = [uplinks_mbit[0], *ends]
@@ -478,7 +615,7 @@ def sweep(
         )
     default_json: dict[str, Any] = {}
     if default is not None:  # the best for the default link among the cuts kept
-        options = sorted(planner.candidates(default, constraints), key=lambda p: p.total_ms)
+        options = sorted(planner.candidates(default, constraints, objective), key=rank)
         best = next(p for p in options if p.cut in kept)
         default_json = {
             "link": asdict(default),
@@ -486,18 +623,25 @@ def sweep(
             "codec": best.codec,
             "predicted_ms": best.total_ms,
         }
+        if objective == "throughput":
+            default_json["predicted_fps"] = best.predicted_fps
+            default_json["stages"] = asdict(best.stages)
+    settings: dict[str, Any] = {
+        "codecs": sorted(constraints.codecs) if constraints.codecs else None,
+        "max_error": constraints.max_error,
+        "keep_input_on_device": constraints.keep_input_on_device,
+        "tolerance": tolerance,
+    }
+    if objective == "throughput":
+        settings["cloud_workers"] = planner.cloud_workers
     return Plan(
         model=planner.graph.name,
         sha256=model_sha256(planner.graph.model),
-        constraints={
-            "codecs": sorted(constraints.codecs) if constraints.codecs else None,
-            "max_error": constraints.max_error,
-            "keep_input_on_device": constraints.keep_input_on_device,
-            "tolerance": tolerance,
-        },
+        constraints=settings,
         cuts=tuple(cuts),
         segments=tuple(segments),
         default=default_json,
+        objective=objective,
     )
 
 
@@ -522,12 +666,44 @@ def _crossover(
     return math.sqrt(up_a * up_b)  # not linear between the grid points: split the gap
 
 
-def _prune(grid: dict[Any, list[Prediction]], kept: set[str], tolerance: float) -> set[str]:
+def _stage_crossover(
+    a: Prediction, up_a: float, b: Prediction, up_b: float, downlink_bps: float | None
+) -> float:
+    """The uplink (Mbit/s) where ``a`` (best at ``up_a``) and ``b`` (at ``up_b``) have
+    equally slow slowest stages.
+
+    Each slowest stage is ``max(fixed, slope / uplink)``: the uplink stage (and the
+    downlink, when it follows the uplink) scales with 1/uplink, the others do not; two
+    such curves meet where one's fixed part equals the other's scaled part.
+    """
+
+    def curve(p: Prediction, up: float) -> tuple[float, float]:
+        s = p.stages
+        follows = downlink_bps is None
+        scaled = max(s.uplink_ms, s.downlink_ms if follows else 0.0)
+        fixed = max(s.device_ms, s.cloud_ms, 0.0 if follows else s.downlink_ms)
+        return fixed, scaled * up
+
+    (fa, sa), (fb, sb) = curve(a, up_a), curve(b, up_b)
+    for fixed, slope in ((fa, sb), (fb, sa)):
+        if fixed > 0 and up_a <= slope / fixed <= up_b:
+            crossing = slope / fixed
+            if math.isclose(max(fa, sa / crossing), max(fb, sb / crossing), rel_tol=1e-9):
+                return crossing
+    return math.sqrt(up_a * up_b)  # no single meeting point: split the gap
+
+
+def _prune(
+    grid: dict[Any, list[Prediction]],
+    kept: set[str],
+    tolerance: float,
+    cost: Callable[[Prediction], float],
+) -> set[str]:
     def worst_regret(cuts: set[str]) -> float:
         regret = 0.0
         for options in grid.values():
-            best = options[0].total_ms
-            mine = next((p.total_ms for p in options if p.cut in cuts), math.inf)
+            best = cost(options[0])
+            mine = next((cost(p) for p in options if p.cut in cuts), math.inf)
             regret = max(regret, mine / best - 1.0 if best > 0 else 0.0)
         return regret
 
@@ -572,6 +748,7 @@ def load_plan(path: str | Path, graph: ModelGraph | None = None) -> Plan:
             ),
             segments=tuple(Segment(**s) for s in raw["segments"]),
             default=dict(raw.get("default", {})),
+            objective=_objective(raw.get("objective", "latency")),  # older plans: latency
         )
     except Exception as exc:  # any shape of JSON can come in
         raise PlanError(f"{path}: malformed plan: missing or bad field {exc}") from exc
@@ -581,6 +758,13 @@ def load_plan(path: str | Path, graph: ModelGraph | None = None) -> Plan:
             f"{path} was made for another model ({plan.model}); plan {graph.name} again"
         )
     return plan
+
+
+def _objective(value: Any) -> Objective:
+    for known in OBJECTIVES:
+        if value == known:
+            return known
+    raise ValueError(f"objective {value!r} (expected {' or '.join(OBJECTIVES)})")
 
 
 def _milliseconds(value: Any) -> float:

@@ -9,6 +9,8 @@ import onnx
 from hypothesis import strategies as st
 
 from partitioner import ModelGraph
+from partitioner.plan import Link
+from partitioner.profile import CodecCost
 from tests.graphs import Builder
 
 UNARY = ["Relu", "Neg", "Tanh", "Sigmoid", "Abs"]
@@ -68,3 +70,26 @@ def brute_crossing(graph: ModelGraph, head: int) -> frozenset[str]:
             if p is None or head >> p & 1:
                 crossing.add(name)
     return frozenset(crossing)
+
+
+ms = st.floats(0.0, 20.0, allow_nan=False)
+
+
+@st.composite
+def planning_cases(draw):
+    """A random DAG with per-node times on each side, raw and zstd costs for every
+    tensor, a link, and whether the input must stay on the device."""
+    graph = ModelGraph.load(draw(random_dags(max_nodes=8)))
+    n = len(graph.nodes)
+    edge = [draw(ms) for _ in range(n)]
+    cloud = [draw(ms) for _ in range(n)]
+    tensors = {}
+    for name in graph.consumers:
+        raw = draw(st.floats(1.0, 1e6))
+        tensors[name] = {
+            "raw": CodecCost(raw, 0.0, 0.0),
+            "zstd": CodecCost(raw * draw(st.floats(0.05, 1.0)), draw(ms), draw(ms)),
+        }
+    link = Link(draw(st.floats(1e5, 1e9)), draw(st.floats(0.0, 100.0)))
+    keep = draw(st.booleans())
+    return graph, edge, cloud, tensors, link, keep

@@ -126,6 +126,15 @@ CASES = {
         "plan {root}/model.onnx --edge {root}/p.json --cloud {root}/p.json --rtt 40",
         "a unit is needed",
     ),
+    "no cloud workers": (
+        "plan {root}/model.onnx --edge {root}/p.json --cloud {root}/p.json "
+        "--objective throughput --cloud-workers 0",
+        "--cloud-workers must be between 1 and 65536",
+    ),
+    "cloud workers for a latency plan": (
+        "plan {root}/model.onnx --edge {root}/p.json --cloud {root}/p.json --cloud-workers 4",
+        "changes only a throughput plan",
+    ),
     "calibration data of the wrong shape": (
         "profile {root}/model.onnx --out {root}/x.json --calib {root}/calib",
         "calib/image.npy has 8 on dimension 2",

@@ -8,7 +8,6 @@ import math
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from partitioner import ModelGraph
 from partitioner.mincut import head_cost
@@ -17,27 +16,7 @@ from partitioner.profile import CodecCost
 from runtime.errors import PlanError
 from tests.graphs import Builder
 from tests.profiles import additive_costs, synthetic_profile
-from tests.strategies import closed_heads, random_dags
-
-ms = st.floats(0.0, 20.0, allow_nan=False)
-
-
-@st.composite
-def planning_cases(draw):
-    graph = ModelGraph.load(draw(random_dags(max_nodes=8)))
-    n = len(graph.nodes)
-    edge = [draw(ms) for _ in range(n)]
-    cloud = [draw(ms) for _ in range(n)]
-    tensors = {}
-    for name in graph.consumers:
-        raw = draw(st.floats(1.0, 1e6))
-        tensors[name] = {
-            "raw": CodecCost(raw, 0.0, 0.0),
-            "zstd": CodecCost(raw * draw(st.floats(0.05, 1.0)), draw(ms), draw(ms)),
-        }
-    link = Link(draw(st.floats(1e5, 1e9)), draw(st.floats(0.0, 100.0)))
-    keep = draw(st.booleans())
-    return graph, edge, cloud, tensors, link, keep
+from tests.strategies import closed_heads, planning_cases
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
