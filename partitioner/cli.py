@@ -176,6 +176,13 @@ def _parser() -> argparse.ArgumentParser:
         "cuda:1,cpu (a device id)",
     )
     profile.add_argument(
+        "--frames",
+        metavar="DIR|still",
+        default=None,
+        help="also measure the delta codecs on a stream's frames: a directory of .npy files, "
+        "one frame each in name order, or 'still' (a generated still camera)",
+    )
+    profile.add_argument(
         "--max-tensors", type=int, default=DEFAULT_MAX_TENSORS, metavar="N", help=argparse.SUPPRESS
     )
     profile.set_defaults(run=_cmd_profile)
@@ -205,6 +212,22 @@ def _parser() -> argparse.ArgumentParser:
         help="allow lossy codecs whose output error (relative L2) is at most this (default 0)",
     )
     plan.add_argument("--keep-input-on-device", action="store_true", help="never send raw inputs")
+    plan.add_argument(
+        "--objective",
+        choices=("latency", "throughput"),
+        default="latency",
+        help="latency: the fastest single request; throughput: the most frames per second "
+        "of a stream, whose head, uplink, tail and downlink overlap (its slowest stage sets "
+        "the pace, the round trip is hidden)",
+    )
+    plan.add_argument(
+        "--cloud-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests the server runs at once, sharing the cloud stage (with --objective "
+        "throughput; default 1)",
+    )
     plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
     plan.add_argument("--plot", type=Path, metavar="OUT.png", help="predicted latency per cut")
     plan.add_argument("--sweep", action="store_true", help="plan over many links (needs --out)")
@@ -454,7 +477,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from partitioner.profile import ProfileOptions, calibration_feeds, profile_model
+    from partitioner.profile import (
+        ProfileOptions,
+        calibration_feeds,
+        frame_sequence,
+        profile_model,
+    )
     from runtime.engine import parse_providers
 
     for flag in ("threads", "batch", "samples", "repeats"):
@@ -475,7 +503,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         max_tensors=None if args.max_tensors <= 0 else args.max_tensors,
         providers=parse_providers(args.providers),
     )
-    profile = profile_model(graph, feeds, options)
+    frames = [] if args.frames is None else frame_sequence(graph, args.frames, feeds)
+    profile = profile_model(graph, feeds, options, frames=frames)
     profile.save(args.out)
     print(
         f"wrote {args.out}: {len(profile.cuts)} cuts, full model {profile.full_ms.median_ms:.2f} ms"
@@ -494,10 +523,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         parse_duration_ms(args.rtt),
         None if args.downlink is None else parse_rate(args.downlink),
     )
+    workers = _cloud_workers(args)
     graph = ModelGraph.load(args.model)
     edge, cloud = load_profile(args.edge), load_profile(args.cloud)
     _warn_if_swapped(edge, cloud, args)
-    planner = Planner(graph, edge, cloud)
+    planner = Planner(graph, edge, cloud, cloud_workers=workers)
     if not (math.isfinite(args.max_error) and args.max_error >= 0):
         raise ValueError("--max-error must be a finite number, 0 or more")
     codecs = None if args.codecs is None else frozenset(c.strip() for c in args.codecs.split(","))
@@ -511,23 +541,50 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.sweep:
         if args.out is None:
             raise ValueError("--sweep writes a plan: give --out PLAN.json")
-        plan = sweep(planner, constraints, downlink_bps=link.downlink_bps, default=link)
+        plan = sweep(
+            planner,
+            constraints,
+            objective=args.objective,
+            downlink_bps=link.downlink_bps,
+            default=link,
+        )
         plan.save(args.out)
-        print(f"wrote {args.out}: cuts {', '.join(c['id'] for c in plan.cuts)}")
+        goal = "" if args.objective == "latency" else f" for {args.objective}"
+        print(f"wrote {args.out}{goal}: cuts {', '.join(c['id'] for c in plan.cuts)}")
         for segment in plan.segments:
             print(
                 f"  RTT {segment.rtt_ms:>5g} ms, uplink {segment.uplink_from_mbit:>8g}"
                 f"-{segment.uplink_to_mbit:<8g} Mbit/s: {segment.cut} ({segment.codec})"
             )
         return 0
-    choice = planner.choose(link, constraints)
+    choice = planner.choose(link, constraints, args.objective)
     if args.plot is not None:
         plot_choice(choice, args.plot)
     if args.json:
         print(json.dumps(choice.to_json(), indent=2))
-    else:
-        print(format_choice(choice))
+        return 0
+    print(format_choice(choice))
+    if args.objective == "throughput":
+        stages = choice.best.stages
+        shared = f" over {workers} workers" if workers > 1 else ""
+        print(
+            f"stages of the best, ms a frame: device {stages.device_ms:.2f}, uplink "
+            f"{stages.uplink_ms:.2f}, cloud {stages.cloud_ms:.2f}{shared}, downlink "
+            f"{stages.downlink_ms:.2f}: {choice.best.predicted_fps:.1f} fps"
+        )
     return 0
+
+
+def _cloud_workers(args: argparse.Namespace) -> int:
+    if args.cloud_workers is None:
+        return 1
+    if args.objective != "throughput":
+        raise ValueError(
+            "--cloud-workers changes only a throughput plan: add --objective throughput"
+        )
+    if not 1 <= args.cloud_workers <= 65536:
+        raise ValueError(f"--cloud-workers must be between 1 and 65536, not {args.cloud_workers}")
+    return int(args.cloud_workers)
 
 
 def _warn_if_swapped(edge: Any, cloud: Any, args: argparse.Namespace) -> None:
