@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -213,7 +214,7 @@ def test_frames_price_the_delta_codecs_on_a_still_camera(chain, tmp_path):
     feeds = calibration_feeds(chain, samples=2)
     still = frame_sequence(chain, "still", feeds)
     assert len(still) == 16 and still[0]["image"].shape == (1, 3, 16, 16)
-    changed = [not np.array_equal(a["image"], b["image"]) for a, b in zip(still, still[1:])]
+    changed = [not np.array_equal(a["image"], b["image"]) for a, b in itertools.pairwise(still)]
     assert all(changed)
     for n, frame in enumerate(still[:4]):
         np.save(tmp_path / f"frame{n:03d}.npy", frame["image"])
@@ -227,7 +228,7 @@ def test_frames_price_the_delta_codecs_on_a_still_camera(chain, tmp_path):
     assert "delta+int8+zstd" in cloud.errors
     plain = profile_model(chain, feeds, QUICK, progress=False)
     assert not any(label.startswith("delta") for c in plain.cuts for label in c.codecs)
-    with pytest.raises(Exception, match="at least two .npy frames"):
+    with pytest.raises(Exception, match=r"at least two \.npy frames"):
         frame_sequence(chain, _one_frame(tmp_path, still[0]["image"]), feeds)
 
 
@@ -236,3 +237,24 @@ def _one_frame(tmp_path: Path, frame: np.ndarray) -> Path:
     directory.mkdir()
     np.save(directory / "only.npy", frame)
     return directory
+
+
+def test_delta_codecs_are_planned_for_streams_only(chain):
+    """A still camera's delta frames are cheap, so a throughput plan may send them; a
+    latency plan prices one request sent alone, which is a key frame: never delta."""
+    from partitioner.plan import Link
+
+    feeds = calibration_feeds(chain, samples=2)
+    from partitioner.profile import frame_sequence
+
+    profile = profile_model(
+        chain, feeds, QUICK, progress=False, frames=frame_sequence(chain, "still", feeds)
+    )
+    planner = Planner(chain, profile.emulating("edge", 50.0), profile)
+    slow = Link(0.5e6, 10.0)  # the input's zstd frame takes long; its delta much less
+    latency = planner.choose(slow, objective="latency")
+    assert not any(c.codec.startswith("delta") for c in latency.candidates)
+    throughput = planner.choose(slow, objective="throughput")
+    priced = {(c.cut, c.codec): c for c in throughput.candidates}
+    delta, plain = priced[("cloud", "delta+zstd+shuffle")], priced[("cloud", "zstd+shuffle")]
+    assert delta.bytes < plain.bytes / 3 and delta.predicted_fps > 2 * plain.predicted_fps
