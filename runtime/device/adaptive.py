@@ -94,6 +94,7 @@ class EdgeOptions:
     stream_objective: str = "throughput"
     delta: bool = True
     key_every: int = 0
+    cuts: tuple[str, ...] | None = None  # only these cuts (None: every one the plan serves)
 
     def __post_init__(self) -> None:
         if self.stream_objective not in ("throughput", "latency"):
@@ -175,8 +176,14 @@ class EdgeRuntime:
         self.cuts: dict[str, CutRunner] = {
             cut.id: CutRunner(self.directory, self.manifest, cut, sessions, load_tail=False)
             for cut in self.manifest.cuts
-            if cut.tail is not None and (not self.planned or cut.id in self.planned)
+            if cut.tail is not None
+            and (not self.planned or cut.id in self.planned or options.cuts)
+            and (options.cuts is None or cut.id in options.cuts)
         }
+        unknown = set(options.cuts or ()) - {c.id for c in self.manifest.cuts}
+        if unknown:
+            known = ", ".join(c.id for c in self.manifest.cuts if c.tail is not None)
+            raise ValueError(f"no cut {sorted(unknown)[0]!r} in {directory}; it has: {known}")
         self.codecs = self._codecs(options.codec)
         self.stream_codecs = self._stream_codecs()
         seed = (self.manifest.plan or {}).get("default", {}).get("link", {})

@@ -193,3 +193,12 @@ def test_delta_frames_without_a_reference_are_refused_and_the_stream_goes_on(art
         # and on a unary call, a delta frame that is not a key frame is refused
         with pytest.raises(InvalidInputError, match="travels only on a stream"):
             client.infer(model, "cloud", [second])
+
+
+def test_cuts_keeps_the_runtime_to_the_cuts_named(artifacts, server):
+    target = f"127.0.0.1:{server.port}"
+    with _runtime(artifacts, target, cuts=("mid",)) as runtime:
+        results = list(runtime.stream(_frames(8, seed=6)))
+        assert {r.cut for r in results} == {"mid"} and runtime.stats()["cuts"] == {"mid": 8}
+    with pytest.raises(ValueError, match="no cut 'nope' in .*; it has: cloud, mid"):
+        _runtime(artifacts, target, cuts=("nope",))

@@ -257,7 +257,7 @@ def test_delta_zstd_is_bit_exact_over_a_stream_with_key_frames_and_a_reconnect()
     rng = np.random.default_rng(1)
     spec = CodecSpec.parse("delta+zstd+shuffle")
     encoder, decoder = DeltaEncoder(key_every=25), DeltaDecoder()
-    sizes = {True: [], False: []}
+    sizes: dict[bool, list[int]] = {True: [], False: []}
     for n, frame in enumerate(_frames(100)):
         if n == 50:  # a reconnect: both sides start over
             encoder.reset()
