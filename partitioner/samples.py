@@ -37,6 +37,47 @@ def imagenet_photo_views(count: int, size: int = 224, seed: int = 0) -> np.ndarr
     return np.concatenate(views)
 
 
+def camera_frames(kind: str, count: int, size: int = 224) -> list[np.ndarray]:
+    """``count`` consecutive frames of a camera looking at the sample photos, each a
+    float32 NCHW batch of one, preprocessed like :func:`imagenet_photos`:
+
+    * ``"still"``: a still camera: one photo as a fixed background, the other
+      (a quarter of the frame's side) moving across it, 7 pixels a frame;
+    * ``"pan"``: a slow pan across one photo, 2 pixels a frame.
+    """
+    from PIL import Image
+
+    (_, background), (_, mover) = _images()
+    frames = []
+    if kind == "still":
+        scene = background.resize((size, size), Image.Resampling.BILINEAR)
+        side = size // 4
+        thing = mover.resize((side, side), Image.Resampling.BILINEAR)
+        for n in range(count):
+            frame = scene.copy()
+            x = (n * 7) % (size - side)
+            y = size // 3 + round(size / 6 * np.sin(n / 6))
+            frame.paste(thing, (x, y))
+            frames.append(_pixels(frame))
+    elif kind == "pan":
+        width, height = background.size
+        scale = size * 1.5 / min(width, height)
+        wide = background.resize(
+            (round(width * scale), round(height * scale)), Image.Resampling.BILINEAR
+        )
+        for n in range(count):
+            left = (n * 2) % (wide.size[0] - size)
+            frames.append(_pixels(wide.crop((left, 0, left + size, size))))
+    else:
+        raise SplitInferError(f"unknown camera {kind!r}: 'still' or 'pan'")
+    return frames
+
+
+def _pixels(image: Any) -> np.ndarray:
+    pixels = (np.asarray(image, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
+
+
 def _images() -> list[tuple[str, Any]]:
     try:
         from PIL import Image
@@ -61,8 +102,7 @@ def _view(image: Any, size: int, zoom: float, x: float, y: float, mirror: bool) 
     crop = resized.crop((left, top, left + size, top + size))
     if mirror:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    pixels = (np.asarray(crop, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
+    return _pixels(crop)
 
 
 def imagenet_class_names() -> list[str]:
