@@ -50,6 +50,7 @@ from runtime.errors import CodecError
 CODEC_VERSION = 1
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: the largest tensor a decoder will allocate
 FP16_MAX = 65504.0
+MAX_DELTA_BACKOFF = 16  # frames a delta encoder goes without trying a delta that did not pay
 
 LOSSLESS_DTYPES = frozenset(
     {
@@ -431,13 +432,18 @@ class DeltaEncoder:
     :meth:`reset`: an error or a reconnect), when its dtype or shape changed, every
     ``key_every`` frames of a slot (0: never for that reason), when asked (``key``),
     and when the delta came out no smaller than the slot's last key frame (a scene
-    change). Not thread-safe: one stream's frames are encoded in order."""
+    change, a pan). Such a frame was compressed twice, so after it the slot sends key
+    frames without trying a delta for 1, 2, 4 ... up to MAX_DELTA_BACKOFF frames, as
+    long as deltas keep not paying. Not thread-safe: one stream's frames are encoded in
+    order."""
 
     def __init__(self, *, key_every: int = 0) -> None:
         self.key_every = key_every
         self._refs: dict[str, np.ndarray] = {}
         self._since_key: dict[str, int] = {}
         self._key_bytes: dict[str, int] = {}
+        self._backoff: dict[str, int] = {}  # key frames to send before the next delta try
+        self._skip: dict[str, int] = {}
         self.key_frames = 0
         self.frames = 0
 
@@ -464,10 +470,18 @@ class DeltaEncoder:
             or ref.shape != little.shape
             or (self.key_every > 0 and self._since_key.get(slot, 0) >= self.key_every)
         )
-        encoded, recon = self._frame(little, spec, None if key else ref, name)
-        if not key and len(encoded.payload) >= self._key_bytes.get(slot, 0):
-            encoded, recon = self._frame(little, spec, None, name)  # no gain: a key frame
+        if not key and self._skip.get(slot, 0) > 0:  # deltas did not pay lately
+            self._skip[slot] -= 1
             key = True
+        encoded, recon = self._frame(little, spec, None if key else ref, name)
+        if not key:
+            if len(encoded.payload) >= self._key_bytes.get(slot, 0):
+                encoded, recon = self._frame(little, spec, None, name)  # no gain: a key frame
+                key = True
+                backoff = min(max(2 * self._backoff.get(slot, 0), 1), MAX_DELTA_BACKOFF)
+                self._backoff[slot] = self._skip[slot] = backoff
+            else:
+                self._backoff[slot] = 0
         if key:
             self._key_bytes[slot] = len(encoded.payload)
             self._since_key[slot] = 0

@@ -314,3 +314,37 @@ def test_delta_frames_without_their_reference_are_refused():
         decoder.decode(second, slot="s")
     # alone, encode makes key frames that decode reads
     assert decode(encode(frames[0], spec)).tobytes() == frames[0].tobytes()
+
+
+def test_a_delta_encoder_stops_trying_deltas_that_do_not_pay(monkeypatch):
+    """A pan changes every value: each delta is as large as a key frame and costs a
+    second compression. After such a miss the encoder sends key frames for 1, 2, 4 ...
+    frames before trying again; on a still scene it keeps sending deltas."""
+    from runtime.codec import MAX_DELTA_BACKOFF, DeltaDecoder, DeltaEncoder
+
+    compressions = []
+    frame_of = DeltaEncoder._frame
+
+    def counted(*args: Any) -> Any:
+        compressions.append(1)
+        return frame_of(*args)
+
+    monkeypatch.setattr(DeltaEncoder, "_frame", staticmethod(counted))
+    rng = np.random.default_rng(3)
+    spec = CodecSpec.parse("delta+zstd")
+    encoder, decoder = DeltaEncoder(), DeltaDecoder()
+    for _ in range(60):
+        frame = rng.standard_normal((1, 4, 16, 16)).astype(np.float32)  # nothing repeats
+        encoded = encoder.encode(frame, spec, slot="s")
+        assert decoder.decode(encoded, slot="s").tobytes() == frame.tobytes()
+    assert encoder.key_frames == 60
+    # tried after 1, 2, 4, 8, 16, 16 key frames: 6 deltas compressed in vain, not 59
+    assert len(compressions) - 60 <= 7, len(compressions)
+    # a still scene after the pan: deltas resume within the backoff and then stay
+    still = rng.standard_normal((1, 4, 16, 16)).astype(np.float32)
+    keys = []
+    for _ in range(3 * MAX_DELTA_BACKOFF):
+        encoded = encoder.encode(still, spec, slot="s")
+        decoder.decode(encoded, slot="s")
+        keys.append(encoded.key_frame)
+    assert not any(keys[MAX_DELTA_BACKOFF + 1 :])
