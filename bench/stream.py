@@ -176,7 +176,9 @@ def _point(
 ) -> dict[str, Any]:
     link = Link(up * 1e6, rtt)
     stream_choice = planner.choose(link, STREAM, objective="throughput")
-    best = {p.cut: p for p in sorted(stream_choice.candidates, key=lambda p: -p.predicted_fps)}
+    # each served cut with its codec predicted best on this link (the last one kept)
+    ranked = sorted(stream_choice.candidates, key=lambda p: (p.predicted_fps, -p.total_ms))
+    best = {p.cut: p for p in ranked}
     planned = max((best[c] for c in served if c in best), key=lambda p: p.predicted_fps)
     base = planned.codec.removeprefix("delta+")
     runs: dict[str, dict[str, Any]] = {}
