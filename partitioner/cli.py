@@ -20,6 +20,7 @@ from partitioner.graph import ModelGraph
 from partitioner.split import write_artifacts
 from runtime.artifacts import Manifest
 from runtime.errors import SplitInferError
+from runtime.power import load_power
 from runtime.units import parse_address, parse_duration_ms, parse_rate
 
 EXIT_BAD_INPUT = 2
@@ -214,11 +215,31 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--keep-input-on-device", action="store_true", help="never send raw inputs")
     plan.add_argument(
         "--objective",
-        choices=("latency", "throughput"),
+        choices=("latency", "throughput", "energy"),
         default="latency",
         help="latency: the fastest single request; throughput: the most frames per second "
         "of a stream, whose head, uplink, tail and downlink overlap (its slowest stage sets "
-        "the pace, the round trip is hidden)",
+        "the pace, the round trip is hidden); energy: the least device energy (needs --power)",
+    )
+    plan.add_argument(
+        "--power",
+        metavar="POWER.json|lte|3g|wifi",
+        default=None,
+        help="the device's power model: a JSON file (compute_w, idle_w, uplink_mw_per_mbit, "
+        "downlink_mw_per_mbit, radio_base_mw), or a radio preset with example device figures; "
+        "every candidate then has its energy",
+    )
+    plan.add_argument(
+        "--deadline-ms",
+        default=None,
+        metavar="MS",
+        help="no plan predicted slower than this (e.g. with --objective energy)",
+    )
+    plan.add_argument(
+        "--max-energy-mj",
+        default=None,
+        metavar="MJ",
+        help="no plan predicted to spend more device energy than this (needs --power)",
     )
     plan.add_argument(
         "--cloud-workers",
@@ -524,10 +545,27 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         None if args.downlink is None else parse_rate(args.downlink),
     )
     workers = _cloud_workers(args)
+    power = None if args.power is None else load_power(args.power)
+    deadline = (
+        None if args.deadline_ms is None else _milliseconds(args.deadline_ms, "--deadline-ms")
+    )
+    max_energy = None if args.max_energy_mj is None else _energy_mj(args.max_energy_mj)
+    if power is None and (args.objective == "energy" or max_energy is not None):
+        raise ValueError(
+            "--objective energy and --max-energy-mj need the device's power model: "
+            "--power POWER.json, or a radio preset: lte, 3g, wifi"
+        )
     graph = ModelGraph.load(args.model)
     edge, cloud = load_profile(args.edge), load_profile(args.cloud)
     _warn_if_swapped(edge, cloud, args)
-    planner = Planner(graph, edge, cloud, cloud_workers=workers)
+    planner = Planner(graph, edge, cloud, cloud_workers=workers, power=power)
+    if power is not None and power.example_device:
+        print(
+            f"note: the {power.name} preset's device figures (compute {power.compute_w:g} W, "
+            f"idle {power.idle_w:g} W) are examples, not a measurement: give your device's in "
+            'a JSON file, e.g. {"radio": "lte", "compute_w": 3.1, "idle_w": 0.4}',
+            file=sys.stderr,
+        )
     if not (math.isfinite(args.max_error) and args.max_error >= 0):
         raise ValueError("--max-error must be a finite number, 0 or more")
     codecs = None if args.codecs is None else frozenset(c.strip() for c in args.codecs.split(","))
@@ -536,7 +574,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             raise ValueError("a KServe v2 server takes raw tensors only: drop --codecs")
         codecs = frozenset({"raw"})
     constraints = Constraints(
-        codecs=codecs, max_error=args.max_error, keep_input_on_device=args.keep_input_on_device
+        codecs=codecs,
+        max_error=args.max_error,
+        keep_input_on_device=args.keep_input_on_device,
+        deadline_ms=deadline,
+        max_energy_mj=max_energy,
     )
     if args.sweep:
         if args.out is None:
@@ -564,6 +606,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(choice.to_json(), indent=2))
         return 0
     print(format_choice(choice))
+    if choice.best.energy_mj is not None:
+        print(f"device energy of the best: {choice.best.energy_mj:.2f} mJ ({power_name(power)})")
     if args.objective == "throughput":
         stages = choice.best.stages
         shared = f" over {workers} workers" if workers > 1 else ""
@@ -573,6 +617,33 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             f"{stages.downlink_ms:.2f}: {choice.best.predicted_fps:.1f} fps"
         )
     return 0
+
+
+def _milliseconds(text: str, flag: str) -> float:
+    """A number of ms (the flag names the unit), or a duration with its unit (0.2s)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = parse_duration_ms(text)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{flag} must be a positive duration, not {text!r}")
+    return value
+
+
+def _energy_mj(text: str) -> float:
+    try:
+        value = float(text.strip().lower().removesuffix("mj"))
+    except ValueError:
+        raise ValueError(
+            f"--max-energy-mj takes millijoules, like 120 or 120mJ, not {text!r}"
+        ) from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"--max-energy-mj must be a positive number of millijoules, not {text!r}")
+    return value
+
+
+def power_name(power: Any) -> str:
+    return f"{power.name} radio" + (", example device figures" if power.example_device else "")
 
 
 def _cloud_workers(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,14 +40,18 @@ from partitioner.split import model_sha256
 from runtime.artifacts import read_json
 from runtime.codec import Codec, CodecSpec
 from runtime.errors import CodecError, PlanError, ProfileError
+from runtime.power import PowerModel
 
 PLAN_FORMAT = 1
 PLAN_KIND = "splitinfer-plan"
 SWEEP_UPLINKS_MBIT = tuple(round(10 ** (e / 10), 4) for e in range(-10, 31))  # 0.1 .. 1000
 SWEEP_RTTS_MS = (5.0, 20.0, 40.0, 100.0)
 
-Objective = Literal["latency", "throughput"]
-OBJECTIVES: tuple[Objective, ...] = ("latency", "throughput")
+Objective = Literal["latency", "throughput", "energy"]
+OBJECTIVES: tuple[Objective, ...] = ("latency", "throughput", "energy")
+# energy + weight x latency (mJ + ms), for candidates that trade energy for time when
+# a deadline or an energy cap is set (each is an additive model: one min-cut)
+TRADE_WEIGHTS = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0)
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class Prediction:
     error: float | None = None  # relative L2 error of the outputs, for lossy codecs
     source: str = "measured"  # or "min-cut": priced by the additive model
     cloud_workers: int = 1  # the server's parallel workers, which share the cloud stage
+    energy_mj: float | None = None  # the device's energy, with a power model
 
     @property
     def total_ms(self) -> float:
@@ -129,7 +134,9 @@ class Prediction:
 
     def to_json(self, objective: Objective = "latency") -> dict[str, Any]:
         data = {**asdict(self), "predicted_ms": self.total_ms}
-        if objective == "latency":
+        if self.energy_mj is None:
+            del data["energy_mj"]
+        if objective != "throughput":
             del data["cloud_workers"]  # only the pipeline's stages depend on it
             return data
         return {**data, "predicted_fps": self.predicted_fps, "stages": asdict(self.stages)}
@@ -143,6 +150,8 @@ class Constraints:
     codecs: frozenset[str] | None = None
     max_error: float = 0.0
     keep_input_on_device: bool = False
+    deadline_ms: float | None = None  # no candidate predicted slower than this
+    max_energy_mj: float | None = None  # nor spending more of the device's energy
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,8 @@ class Choice:
         if self.objective == "throughput":
             best["predicted_fps"] = self.best.predicted_fps
             best["stages"] = asdict(self.best.stages)
+        if self.best.energy_mj is not None:
+            best["predicted_mj"] = self.best.energy_mj
         return {
             "objective": self.objective,
             "best": best,
@@ -178,10 +189,17 @@ class Planner:
     how many requests the server runs at once, which matters to throughput only."""
 
     def __init__(
-        self, graph: ModelGraph, edge: Profile, cloud: Profile, *, cloud_workers: int = 1
+        self,
+        graph: ModelGraph,
+        edge: Profile,
+        cloud: Profile,
+        *,
+        cloud_workers: int = 1,
+        power: PowerModel | None = None,
     ) -> None:
         if cloud_workers < 1:
             raise ValueError(f"cloud_workers must be at least 1, not {cloud_workers}")
+        self.power = power  # prices every candidate's device energy when given
         self.graph = graph
         self.edge = edge
         self.cloud = cloud
@@ -246,7 +264,8 @@ class Planner:
         edge, cloud = self.edge.cut(cut_id), self.cloud.cut(cut_id)
         if cut_id == EDGE_ONLY:
             full, workers = self.edge.full_ms.median_ms, self.cloud_workers
-            return Prediction(cut_id, "-", (), full, 0, 0, 0, 0, 0, 0, 0.0, cloud_workers=workers)
+            local = Prediction(cut_id, "-", (), full, 0, 0, 0, 0, 0, 0, 0.0, cloud_workers=workers)
+            return self._priced(local, link)
         up, down = edge.codecs.get(label), cloud.codecs.get(label)
         if up is None or down is None:
             return None
@@ -254,7 +273,7 @@ class Planner:
         if CodecSpec.parse(label).codec.lossy:
             measured = [p.errors[label].rel_l2 for p in (edge, cloud) if label in p.errors]
             error = max(measured) if measured else math.inf
-        return Prediction(
+        return self._priced(Prediction(
             cut=cut_id,
             codec=label,
             tensors=edge.tensors,
@@ -268,10 +287,30 @@ class Planner:
             bytes=up.bytes,
             error=error,
             cloud_workers=self.cloud_workers,
+        ), link)  # fmt: skip
+
+    def _priced(self, prediction: Prediction, link: Link) -> Prediction:
+        """``prediction`` with the device's energy, when there is a power model."""
+        if self.power is None:
+            return prediction
+        p = prediction
+        energy = self.power.energy_mj(
+            compute_ms=p.edge_ms + p.encode_ms,
+            transfer_ms=p.transfer_ms,
+            return_ms=p.return_ms,
+            idle_ms=p.rtt_ms + p.cloud_ms + p.decode_ms,
+            uplink_mbit=link.uplink_bps / 1e6,
+            downlink_mbit=(link.downlink_bps or link.uplink_bps) / 1e6,
         )
+        return replace(p, energy_mj=energy)
 
     def allowed(self, prediction: Prediction, constraints: Constraints) -> bool:
         if constraints.keep_input_on_device and set(prediction.tensors) & set(self.graph.inputs):
+            return False
+        if constraints.deadline_ms is not None and prediction.total_ms > constraints.deadline_ms:
+            return False
+        cap = constraints.max_energy_mj
+        if cap is not None and (prediction.energy_mj is None or prediction.energy_mj > cap):
             return False
         return prediction.error is None or prediction.error <= constraints.max_error
 
@@ -284,8 +323,9 @@ class Planner:
         """Every allowed (cut, codec): measured ones, and per lossless codec the additive
         model's best cut for ``objective``."""
         _check_objective(objective)
+        self._check_power(objective, constraints)
         labels = self.codec_labels(constraints)
-        if objective == "latency":  # one request is sent alone: a delta codec's frame is a key
+        if objective != "throughput":  # one request is sent alone: a delta codec's frame is a key
             labels = [k for k in labels if not CodecSpec.parse(k).codec.delta]
         if not labels:
             profiled = dict.fromkeys(k for c in self.edge.cuts for k in c.codecs)
@@ -316,17 +356,72 @@ class Planner:
             if CodecSpec.parse(label).codec.lossy:
                 continue  # their error is only known at profiled cuts
             if objective == "throughput":
-                head = self._bottleneck_head(link, label, constraints)
+                heads = [self._bottleneck_head(link, label, constraints)]
             else:
-                head = optimal_cut(self.graph, self.cut_costs(link, label, constraints)).head
-            if head in known or head in (0, self.graph.all_mask):
-                continue
-            cut = cut_from_tensors(
-                self.graph, self.graph.crossing(head), device_outputs=self.graph.head_outputs(head)
-            )
-            self.cuts.setdefault(cut.id, cut)
-            extra.append(self._additive_prediction(cut, label, link))
+                heads = [
+                    optimal_cut(self.graph, costs).head
+                    for costs in self._additive_models(link, label, constraints, objective)
+                ]
+            for head in dict.fromkeys(heads):  # each head once for this codec
+                if head in known or head in (0, self.graph.all_mask):
+                    continue
+                cut = cut_from_tensors(
+                    self.graph,
+                    self.graph.crossing(head),
+                    device_outputs=self.graph.head_outputs(head),
+                )
+                self.cuts.setdefault(cut.id, cut)
+                prediction = self._additive_prediction(cut, label, link)
+                if self.allowed(prediction, constraints):
+                    extra.append(prediction)
         return extra
+
+    def _additive_models(
+        self, link: Link, label: str, constraints: Constraints, objective: Objective
+    ) -> list[CutCosts]:
+        """The additive models whose minimum cuts are candidates: the objective's own
+        (exact without a deadline or an energy cap); with one, also energy + w x latency
+        for TRADE_WEIGHTS, the cuts that trade one for the other."""
+        latency = self.cut_costs(link, label, constraints)
+        if self.power is None:
+            return [latency]
+        energy = self.energy_costs(link, label, constraints)
+        models = [energy if objective == "energy" else latency]
+        if constraints.deadline_ms is not None or constraints.max_energy_mj is not None:
+            models += [_combined(energy, latency, w) for w in TRADE_WEIGHTS]
+            models.append(energy if objective != "energy" else latency)
+        return models
+
+    def energy_costs(self, link: Link, label: str, constraints: Constraints) -> CutCosts:
+        """The additive model of the device's energy (mJ) for one codec: its compute
+        while it runs nodes and encodes, its radio while it sends and receives, its idle
+        power while the cloud decodes and runs nodes and during the round trip."""
+        power = self.power
+        if power is None:
+            raise PlanError("the energy objective needs a power model (--power)")
+        stages = self.stage_costs(link, label, constraints)
+        up_w = power.uplink_w(link.uplink_bps / 1e6)
+        down_w = power.downlink_w((link.downlink_bps or link.uplink_bps) / 1e6)
+        send = {
+            name: power.compute_w * stages.encode[name]
+            + up_w * transfer
+            + power.idle_w * stages.decode[name]
+            for name, transfer in stages.transfer.items()
+        }
+        return CutCosts(
+            [power.compute_w * t for t in stages.edge],
+            [power.idle_w * t for t in stages.cloud],
+            send,
+            {o: down_w * t for o, t in stages.receive.items()},
+            power.idle_w * link.rtt_ms,
+        )
+
+    def _check_power(self, objective: Objective, constraints: Constraints) -> None:
+        if self.power is None and (objective == "energy" or constraints.max_energy_mj is not None):
+            raise PlanError(
+                "the energy objective and energy caps need the device's power model: "
+                "--power POWER.json, or a radio preset: lte, 3g, wifi"
+            )
 
     def _bottleneck_head(self, link: Link, label: str, constraints: Constraints) -> int:
         key = (label, link.uplink_bps, link.downlink_bps, constraints.keep_input_on_device)
@@ -379,7 +474,7 @@ class Planner:
         parts = [self.edge.tensors[t][label] for t in cut.tensor_names]
         downs = [self.cloud.tensors[t][label] for t in cut.tensor_names]
         out = sum(self._output_bytes(o) for o in cut.tail_outputs)
-        return Prediction(
+        return self._priced(Prediction(
             cut=cut.id,
             codec=label,
             tensors=cut.tensor_names,
@@ -393,7 +488,7 @@ class Planner:
             bytes=sum(p.bytes for p in parts),
             source="min-cut",
             cloud_workers=self.cloud_workers,
-        )
+        ), link)  # fmt: skip
 
     def choose(
         self,
@@ -409,6 +504,8 @@ class Planner:
         best = candidates[0]
         if objective == "throughput":
             reason = _throughput_reason(best, candidates)
+        elif objective == "energy":
+            reason = _energy_reason(best, candidates)
         else:
             reason = _reason(best, candidates)
         return Choice(best, tuple(candidates), link, reason, objective)
@@ -425,7 +522,37 @@ def _cost(objective: Objective) -> Callable[[Prediction], float]:
     """What ``objective`` minimises: latency, or the slowest stage's time a frame."""
     if objective == "throughput":
         return lambda p: p.stages.bottleneck_ms
+    if objective == "energy":
+        return lambda p: math.inf if p.energy_mj is None else p.energy_mj
     return lambda p: p.total_ms
+
+
+def _combined(energy: CutCosts, latency: CutCosts, weight: float) -> CutCosts:
+    """energy + weight x latency, as one additive model."""
+
+    def mix(a: float, b: float) -> float:
+        return a + weight * b
+
+    return CutCosts(
+        [mix(a, b) for a, b in zip(energy.edge, latency.edge, strict=True)],
+        [mix(a, b) for a, b in zip(energy.cloud, latency.cloud, strict=True)],
+        {k: mix(v, latency.send[k]) for k, v in energy.send.items()},
+        {k: mix(v, latency.receive[k]) for k, v in energy.receive.items()},
+        mix(energy.rtt, latency.rtt),
+    )
+
+
+def _energy_reason(best: Prediction, candidates: Sequence[Prediction]) -> str:
+    assert best.energy_mj is not None
+    parts = [
+        f"{best.cut} with {best.codec} is predicted to spend the least device energy, "
+        f"{best.energy_mj:.1f} mJ ({best.total_ms:.1f} ms)"
+    ]
+    for side, cut in (("running it all on the device", EDGE_ONLY), ("cloud-only", CLOUD_ONLY)):
+        others = [c.energy_mj for c in candidates if c.cut == cut and c.energy_mj is not None]
+        if others and best.cut != cut and best.energy_mj > 0:
+            parts.append(f"{min(others) / best.energy_mj:.2f}x less than {side}")
+    return "; ".join(parts)
 
 
 def _ranking(objective: Objective) -> Callable[[Prediction], tuple[float, float]]:
@@ -592,9 +719,8 @@ def sweep(
             best = next(p for p in grid[(rtt, up)] if p.cut in kept)
             if not runs or (runs[-1][1].cut, runs[-1][1].codec) != (best.cut, best.codec):
                 runs.append((up, best))
-        crossover = _stage_crossover if objective == "throughput" else _crossover
         ends = [
-            crossover(a, up_a, b, up_b, downlink_bps)
+            _crossover_for(objective, planner.power, a, up_a, b, up_b, downlink_bps)
             for (up_a, a), (up_b, b) in itertools.pairwise(runs)
         ]
         starts = [uplinks_mbit[0], *ends]
@@ -626,6 +752,8 @@ def sweep(
         if objective == "throughput":
             default_json["predicted_fps"] = best.predicted_fps
             default_json["stages"] = asdict(best.stages)
+        if best.energy_mj is not None:
+            default_json["predicted_mj"] = best.energy_mj
     settings: dict[str, Any] = {
         "codecs": sorted(constraints.codecs) if constraints.codecs else None,
         "max_error": constraints.max_error,
@@ -634,6 +762,11 @@ def sweep(
     }
     if objective == "throughput":
         settings["cloud_workers"] = planner.cloud_workers
+    if planner.power is not None:
+        settings["power"] = planner.power.to_json()
+    for name in ("deadline_ms", "max_energy_mj"):
+        if getattr(constraints, name) is not None:
+            settings[name] = getattr(constraints, name)
     return Plan(
         model=planner.graph.name,
         sha256=model_sha256(planner.graph.model),
@@ -643,6 +776,48 @@ def sweep(
         default=default_json,
         objective=objective,
     )
+
+
+def _crossover_for(
+    objective: Objective,
+    power: PowerModel | None,
+    a: Prediction,
+    up_a: float,
+    b: Prediction,
+    up_b: float,
+    downlink_bps: float | None,
+) -> float:
+    if objective == "throughput":
+        return _stage_crossover(a, up_a, b, up_b, downlink_bps)
+    if objective == "energy" and power is not None:
+        return _energy_crossover(power, a, up_a, b, up_b, downlink_bps)
+    return _crossover(a, up_a, b, up_b, downlink_bps)
+
+
+def _energy_crossover(
+    power: PowerModel,
+    a: Prediction,
+    up_a: float,
+    b: Prediction,
+    up_b: float,
+    downlink_bps: float | None,
+) -> float:
+    """The uplink (Mbit/s) where ``a`` and ``b`` spend the same energy. Each energy is
+    ``fixed + slope / uplink``: the radio's base power times the transfer time scales
+    with 1/uplink (its part proportional to the rate, times a time inversely
+    proportional to it, does not), and so does the return when the downlink follows."""
+    base_w = power.radio_base_mw / 1000.0
+
+    def line(p: Prediction, up: float) -> tuple[float, float]:
+        scaled = base_w * (p.transfer_ms + (p.return_ms if downlink_bps is None else 0.0))
+        return (p.energy_mj or 0.0) - scaled, scaled * up
+
+    (fa, sa), (fb, sb) = line(a, up_a), line(b, up_b)
+    if fb != fa:
+        crossing = (sa - sb) / (fb - fa)
+        if up_a <= crossing <= up_b:
+            return crossing
+    return math.sqrt(up_a * up_b)
 
 
 def _crossover(

@@ -26,20 +26,26 @@ COMPONENTS = (
 
 
 def best_per_cut(candidates: Sequence[Prediction]) -> list[Prediction]:
-    """The fastest codec of each cut, fastest cut first."""
+    """The best codec of each cut, best cut first, by the order of ``candidates`` (a
+    Choice's are ranked by its objective)."""
     best: dict[str, Prediction] = {}
     for p in candidates:
-        if p.cut not in best or p.total_ms < best[p.cut].total_ms:
-            best[p.cut] = p
-    return sorted(best.values(), key=lambda p: p.total_ms)
+        best.setdefault(p.cut, p)
+    return list(best.values())
 
 
 def format_choice(choice: Choice, rows: int = TABLE_ROWS) -> str:
     """The candidates (best codec per cut) with the predicted breakdown; the best marked."""
-    header = ["", "cut", "codec", *(name for name, _ in COMPONENTS), "total ms", "KiB", "note"]
+    fps = choice.objective == "throughput"
+    energy = any(p.energy_mj is not None for p in choice.candidates)
+    extra = (["fps"] if fps else []) + (["mJ"] if energy else [])
+    header = ["", "cut", "codec", *(n for n, _ in COMPONENTS), "total ms", *extra, "KiB", "note"]
     lines = [header]
     shown = best_per_cut(choice.candidates)[:rows]
     for p in shown:
+        values = ([f"{p.predicted_fps:.1f}"] if fps else []) + (
+            [f"{p.energy_mj:.2f}" if p.energy_mj is not None else "-"] if energy else []
+        )
         note = "min-cut, additive model" if p.source == "min-cut" else ""
         if p.error is not None:
             note = (note + "; " if note else "") + f"output error {p.error:.2g}"
@@ -50,6 +56,7 @@ def format_choice(choice: Choice, rows: int = TABLE_ROWS) -> str:
                 p.codec,
                 *(f"{getattr(p, attr):.2f}" for _, attr in COMPONENTS),
                 f"{p.total_ms:.2f}",
+                *values,
                 f"{p.bytes / 1024:.1f}",
                 note,
             ]
@@ -64,7 +71,7 @@ def format_choice(choice: Choice, rows: int = TABLE_ROWS) -> str:
     ]
     total = len({p.cut for p in choice.candidates})
     if total > len(shown):
-        text.append(f"({total - len(shown)} slower cuts not shown; --json lists all)")
+        text.append(f"({total - len(shown)} cuts ranked lower not shown; --json lists all)")
     text.append(f"link: {choice.link.describe()}")
     text.append(f"best: {choice.reason}")
     return "\n".join(text)
