@@ -58,6 +58,7 @@ from runtime.errors import (
     RemoteError,
     SplitInferError,
 )
+from runtime.power import PowerModel
 
 EWMA = 0.3
 PENALTY_FADE_S = 1.0  # a late call's penalty fades by e every second
@@ -95,6 +96,11 @@ class EdgeOptions:
     delta: bool = True
     key_every: int = 0
     cuts: tuple[str, ...] | None = None  # only these cuts (None: every one the plan serves)
+    # infer(): the fastest path ("latency"), or the one predicted to spend the least of
+    # the device's energy within the deadline ("energy", with ``power``); with a power
+    # model, every Result's timing and stats() carry the device's energy estimate
+    objective: str = "latency"
+    power: PowerModel | None = None
 
     def __post_init__(self) -> None:
         if self.stream_objective not in ("throughput", "latency"):
@@ -103,6 +109,10 @@ class EdgeOptions:
             )
         if self.key_every < 0:
             raise ValueError(f"key_every must be 0 or more, not {self.key_every}")
+        if self.objective not in ("latency", "energy"):
+            raise ValueError(f"objective must be 'latency' or 'energy', not {self.objective!r}")
+        if self.objective == "energy" and self.power is None:
+            raise ValueError("objective='energy' needs the device's power model (power=...)")
 
 
 @dataclass
@@ -145,6 +155,9 @@ class _Stats:
     failures: dict[str, int] = field(default_factory=dict)
     calls: int = 0
     frames: int = 0  # taken in by submit and stream
+    energy_mj: dict[str, float] = field(
+        default_factory=lambda: {"local": 0.0, "split": 0.0, "fallback": 0.0}
+    )
     dropped: int = 0  # realtime frames the pipeline had no room for
     sent_bytes: int = 0  # payload bytes sent up, every path
     explored: int = 0
@@ -358,6 +371,10 @@ class EdgeRuntime:
         if not options:
             return None
         deadline = self.options.deadline_ms
+        if self.options.objective == "energy":
+            choice = self._least_energy(options, local)
+            trial = self._trial(choice, options[choice] if choice else local)
+            return trial or (_Route(choice) if choice else None)
         best = min(options, key=options.__getitem__)
         faster = options[best] * self.options.local_margin < local
         # past the deadline the cloud is given up: a split predicted to miss it ends up
@@ -365,6 +382,68 @@ class EdgeRuntime:
         choice = best if faster and (options[best] <= deadline or local > deadline) else None
         trial = self._trial(choice, options[choice] if choice else local)
         return trial or (_Route(choice) if choice else None)
+
+    def _least_energy(
+        self, options: dict[tuple[str, str], float], local_ms: float
+    ) -> tuple[str, str] | None:
+        """The split predicted to spend the least device energy among those that meet the
+        deadline, or None when running here does (or nothing meets it: then the fastest)."""
+        power = self.options.power
+        assert power is not None
+        deadline = self.options.deadline_ms
+        with self._lock:
+            energy = {k: self._energy(self.costs[k]) for k in options if k in self.costs}
+        local_mj = power.compute_w * local_ms
+        feasible = [k for k in energy if options[k] <= deadline]
+        if local_ms <= deadline:
+            best = min(feasible, key=energy.__getitem__, default=None)
+            return best if best is not None and energy[best] < local_mj else None
+        if feasible:
+            return min(feasible, key=energy.__getitem__)
+        fastest = min(options, key=options.__getitem__)
+        return fastest if options[fastest] < local_ms else None
+
+    def _energy(self, c: _CutCosts) -> float:
+        """A split's predicted device energy (mJ) on the link as estimated."""
+        power = self.options.power
+        assert power is not None
+        link = self.link.estimate()
+        mbit = link.uplink_bps / 1e6
+        return power.energy_mj(
+            compute_ms=c.head_ms + c.encode_ms,
+            transfer_ms=c.up_bytes * 8 / link.uplink_bps * 1000,
+            return_ms=c.down_bytes * 8 / link.uplink_bps * 1000,
+            idle_ms=link.rtt_ms + c.server_ms + c.decode_ms + c.penalty(),
+            uplink_mbit=mbit,
+            downlink_mbit=mbit,
+        )
+
+    def _spent(self, path: str, timing: dict[str, float], up: float = 0, down: float = 0) -> None:
+        """The device energy a finished request spent, estimated from its measured times
+        and the power model: its compute (head and encoding, or the local run), its radio
+        for the bytes it sent and received at the estimated rate, idle for the rest of a
+        split (and for a fallback, the split's time before the local run)."""
+        power = self.options.power
+        if power is None:
+            return
+        if path == "split":
+            link = self.link.estimate()
+            mbit = link.uplink_bps / 1e6
+            transfer = up * 8 / link.uplink_bps * 1000
+            back = down * 8 / link.uplink_bps * 1000
+            compute = timing["head_ms"] + timing["encode_ms"]
+            idle = max(timing["total_ms"] - compute - transfer - back, 0.0)
+            energy = power.energy_mj(
+                compute_ms=compute, transfer_ms=transfer, return_ms=back, idle_ms=idle,
+                uplink_mbit=mbit, downlink_mbit=mbit,
+            )  # fmt: skip
+        else:
+            energy = power.energy_mj(
+                compute_ms=timing["local_ms"], idle_ms=timing.get("split_ms", 0.0)
+            )
+        timing["energy_mj"] = energy
+        with self._lock:
+            self._stats.energy_mj[path] += energy
 
     def _unary(self, key: tuple[str, str]) -> bool:
         """Whether infer() sends with this (cut, codec): the stream-only delta codecs are
@@ -511,8 +590,8 @@ class EdgeRuntime:
         says of the link: not for a pipeline's frames, whose round trips include the
         frames ahead of them)."""
         cut_id, codec = key
-        timing = reply.server
-        server_ms = timing.queue_ms + timing.decode_ms + timing.compute_ms + timing.encode_ms
+        server = reply.server
+        server_ms = server.queue_ms + server.decode_ms + server.compute_ms + server.encode_ms
         if not reply.server_known:  # a server that does not say (Triton): the estimate
             with self._lock:
                 server_ms = c.server_ms
@@ -540,20 +619,18 @@ class EdgeRuntime:
             raise RemoteError(f"the server's answer lacks output {missing[0]!r}", "INVALID")
         decode_ms = reply.decode_ms
         total_ms = (time.perf_counter() - start) * 1000
+        timing = {
+            "head_ms": head_ms,
+            "encode_ms": encode_ms,
+            # everything else the request took: the parts add up to the total
+            "network_ms": max(0.0, total_ms - head_ms - encode_ms - server_ms - decode_ms),
+            "server_ms": server_ms,
+            "decode_ms": decode_ms,
+            "total_ms": total_ms,
+        }
+        self._spent("split", timing, up, down)
         return Result(
-            {o.name: outputs[o.name] for o in self.manifest.outputs},
-            "split",
-            cut_id,
-            {
-                "head_ms": head_ms,
-                "encode_ms": encode_ms,
-                # everything else the request took: the parts add up to the total
-                "network_ms": max(0.0, total_ms - head_ms - encode_ms - server_ms - decode_ms),
-                "server_ms": server_ms,
-                "decode_ms": decode_ms,
-                "total_ms": total_ms,
-            },
-            codec,
+            {o.name: outputs[o.name] for o in self.manifest.outputs}, "split", cut_id, timing, codec
         )
 
     def _call(
@@ -596,6 +673,7 @@ class EdgeRuntime:
         # before the local run: choosing, and for a fallback the split that failed
         timing = {"local_ms": local_ms, "total_ms": (time.perf_counter() - start) * 1000}
         timing["split_ms" if path == "fallback" else "choose_ms"] = (began - start) * 1000
+        self._spent(path, timing)
         return Result(
             {o.name: values[o.name] for o in self.manifest.outputs},
             path,
@@ -763,6 +841,7 @@ class EdgeRuntime:
                 "calls": self._stats.calls,
                 "explored": self._stats.explored,
                 "frames": self._stats.frames,
+                "energy_mj": dict(self._stats.energy_mj),
                 "dropped": self._stats.dropped,
                 "sent_bytes": self._stats.sent_bytes,
                 "unserved": dict(self.unserved),

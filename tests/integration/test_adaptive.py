@@ -381,3 +381,49 @@ def test_a_not_found_cut_is_dropped_and_the_breaker_stays_closed(artifacts, tmp_
     for result, f in zip(results, feeds, strict=True):  # lost: none; every answer exact
         (expected,) = run_session(local, f).values()
         np.testing.assert_array_equal(next(iter(result.outputs.values())), expected)
+
+
+def test_the_energy_objective_follows_the_link_and_counts_what_it_spends(artifacts, server):
+    """Computing costs 5 W, the radio little on a fast link and much on a slow one: the
+    least energy is sending the input on a fast link, the small tensor on a slow one.
+    A device that computes for almost nothing keeps everything local instead."""
+    from runtime.power import PowerModel
+
+    directory, _ = artifacts
+    power = PowerModel(
+        compute_w=5.0,
+        idle_w=0.05,
+        uplink_mw_per_mbit=10.0,
+        downlink_mw_per_mbit=10.0,
+        radio_base_mw=3000.0,
+    )
+    with (
+        LinkEmulator("127.0.0.1", server.port) as link,
+        _runtime(
+            directory, link.address, deadline_ms=3000, objective="energy", power=power
+        ) as runtime,
+    ):
+        results = [runtime.infer(_feeds()) for _ in range(5)]
+        assert (results[-1].path, results[-1].cut) == ("split", "cloud"), runtime.stats()
+        link.set(up_bps=2e6, down_bps=2e6)  # 64 KiB now take 0.26 s at 3 W of radio
+        moved = [runtime.infer(_feeds())]
+        deadline = time.monotonic() + 5  # probes notice within about a second
+        while (moved[-1].path, moved[-1].cut) != ("split", "mid"):
+            assert time.monotonic() < deadline, runtime.stats()
+            time.sleep(0.05)
+            moved.append(runtime.infer(_feeds()))
+        spent = runtime.stats()["energy_mj"]
+        assert isinstance(spent, dict)
+        each = sum(r.timing["energy_mj"] for r in results + moved)
+        assert math.isclose(sum(spent.values()), each, rel_tol=1e-9)
+        split = results[-1].timing
+        assert split["energy_mj"] >= power.compute_w * (split["head_ms"] + split["encode_ms"])
+    frugal = dataclasses.replace(power, compute_w=0.001)
+    with _runtime(
+        directory, f"127.0.0.1:{server.port}", deadline_ms=3000, objective="energy", power=frugal
+    ) as runtime:
+        result = [runtime.infer(_feeds()) for _ in range(3)][-1]
+        assert result.path == "local"
+        assert math.isclose(result.timing["energy_mj"], 0.001 * result.timing["local_ms"])
+    with pytest.raises(ValueError, match="needs the device's power model"):
+        EdgeOptions(objective="energy")
