@@ -184,6 +184,12 @@ def _parser() -> argparse.ArgumentParser:
         "one frame each in name order, or 'still' (a generated still camera)",
     )
     profile.add_argument(
+        "--no-call-cost",
+        action="store_true",
+        help="do not measure what a split call itself costs on loopback (gRPC and the hops "
+        "at both ends; about 2 s), which the planner adds to every split",
+    )
+    profile.add_argument(
         "--max-tensors", type=int, default=DEFAULT_MAX_TENSORS, metavar="N", help=argparse.SUPPRESS
     )
     profile.set_defaults(run=_cmd_profile)
@@ -525,7 +531,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         providers=parse_providers(args.providers),
     )
     frames = [] if args.frames is None else frame_sequence(graph, args.frames, feeds)
-    profile = profile_model(graph, feeds, options, frames=frames)
+    profile = profile_model(graph, feeds, options, frames=frames, calls=not args.no_call_cost)
     profile.save(args.out)
     print(
         f"wrote {args.out}: {len(profile.cuts)} cuts, full model {profile.full_ms.median_ms:.2f} ms"

@@ -61,12 +61,19 @@ class Link:
     uplink_bps: float
     rtt_ms: float
     downlink_bps: float | None = None  # None: as fast as the uplink
+    # what a split call costs beyond the RTT, its compute and its bytes: fixed, and per
+    # tensor sent (None: as the cloud profile measured it on loopback)
+    call_ms: float | None = None
+    tensor_ms: float | None = None
 
     def __post_init__(self) -> None:
         if not self.uplink_bps > 0 or (self.downlink_bps is not None and not self.downlink_bps > 0):
             raise PlanError("link rates must be positive")
         if not self.rtt_ms >= 0:
             raise PlanError("the round-trip time cannot be negative")
+        for cost in (self.call_ms, self.tensor_ms):
+            if cost is not None and not (math.isfinite(cost) and cost >= 0):
+                raise PlanError("a call's cost must be finite and at least 0")
 
     def up_ms(self, nbytes: float) -> float:
         return nbytes * 8 / self.uplink_bps * 1000.0
@@ -103,6 +110,7 @@ class Prediction:
     source: str = "measured"  # or "min-cut": priced by the additive model
     cloud_workers: int = 1  # the server's parallel workers, which share the cloud stage
     energy_mj: float | None = None  # the device's energy, with a power model
+    call_ms: float = 0.0  # the call's own cost beyond the RTT (gRPC, both ends' hops)
 
     @property
     def total_ms(self) -> float:
@@ -111,6 +119,7 @@ class Prediction:
             + self.encode_ms
             + self.transfer_ms
             + self.rtt_ms
+            + self.call_ms
             + self.cloud_ms
             + self.decode_ms
             + self.return_ms
@@ -287,6 +296,7 @@ class Planner:
             bytes=up.bytes,
             error=error,
             cloud_workers=self.cloud_workers,
+            call_ms=self.call_cost(link, len(edge.tensors)),
         ), link)  # fmt: skip
 
     def _priced(self, prediction: Prediction, link: Link) -> Prediction:
@@ -298,11 +308,18 @@ class Planner:
             compute_ms=p.edge_ms + p.encode_ms,
             transfer_ms=p.transfer_ms,
             return_ms=p.return_ms,
-            idle_ms=p.rtt_ms + p.cloud_ms + p.decode_ms,
+            idle_ms=p.rtt_ms + p.call_ms + p.cloud_ms + p.decode_ms,
             uplink_mbit=link.uplink_bps / 1e6,
             downlink_mbit=(link.downlink_bps or link.uplink_bps) / 1e6,
         )
         return replace(p, energy_mj=energy)
+
+    def call_cost(self, link: Link, tensors: int) -> float:
+        """What a split call of ``tensors`` tensors costs beyond the RTT, its compute and
+        its bytes: the link's figures, or the cloud profile's (measured on loopback)."""
+        fixed = self.cloud.call_ms if link.call_ms is None else link.call_ms
+        each = self.cloud.tensor_ms if link.tensor_ms is None else link.tensor_ms
+        return fixed + each * tensors
 
     def allowed(self, prediction: Prediction, constraints: Constraints) -> bool:
         if constraints.keep_input_on_device and set(prediction.tensors) & set(self.graph.inputs):
@@ -402,10 +419,11 @@ class Planner:
         stages = self.stage_costs(link, label, constraints)
         up_w = power.uplink_w(link.uplink_bps / 1e6)
         down_w = power.downlink_w((link.downlink_bps or link.uplink_bps) / 1e6)
+        each = self.call_cost(link, 1) - self.call_cost(link, 0)
         send = {
             name: power.compute_w * stages.encode[name]
             + up_w * transfer
-            + power.idle_w * stages.decode[name]
+            + power.idle_w * (stages.decode[name] + each)
             for name, transfer in stages.transfer.items()
         }
         return CutCosts(
@@ -413,7 +431,7 @@ class Planner:
             [power.idle_w * t for t in stages.cloud],
             send,
             {o: down_w * t for o, t in stages.receive.items()},
-            power.idle_w * link.rtt_ms,
+            power.idle_w * (link.rtt_ms + self.call_cost(link, 0)),
         )
 
     def _check_power(self, objective: Objective, constraints: Constraints) -> None:
@@ -433,11 +451,13 @@ class Planner:
     def cut_costs(self, link: Link, label: str, constraints: Constraints) -> CutCosts:
         """The additive model of latency for one codec."""
         stages = self.stage_costs(link, label, constraints)
+        each = self.call_cost(link, 1) - self.call_cost(link, 0)
         send = {
-            name: stages.encode[name] + transfer + stages.decode[name]
+            name: stages.encode[name] + transfer + stages.decode[name] + each
             for name, transfer in stages.transfer.items()
         }
-        return CutCosts(stages.edge, stages.cloud, send, stages.receive, link.rtt_ms)
+        rtt = link.rtt_ms + self.call_cost(link, 0)  # paid once, like the round trip
+        return CutCosts(stages.edge, stages.cloud, send, stages.receive, rtt)
 
     def stage_costs(self, link: Link, label: str, constraints: Constraints) -> StageCosts:
         """The additive model of the pipeline's stages for one codec; a tensor that lacks
@@ -488,6 +508,7 @@ class Planner:
             bytes=sum(p.bytes for p in parts),
             source="min-cut",
             cloud_workers=self.cloud_workers,
+            call_ms=self.call_cost(link, len(cut.tensor_names)),
         ), link)  # fmt: skip
 
     def choose(

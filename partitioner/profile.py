@@ -131,6 +131,9 @@ class Profile:
     full_ms: Timing
     cuts: tuple[CutProfile, ...]
     tensors: dict[str, dict[str, CodecCost]]  # per tensor, per codec label
+    # a split call's own cost on loopback (partitioner.calls): fixed, and per tensor
+    call_ms: float = 0.0
+    tensor_ms: float = 0.0
 
     def cut(self, cut_id: str) -> CutProfile:
         for cut in self.cuts:
@@ -336,10 +339,13 @@ def profile_model(
     cuts: Sequence[Cut] | None = None,
     progress: bool = True,
     frames: Sequence[Mapping[str, np.ndarray]] = (),
+    calls: bool = False,
 ) -> Profile:
     """Measure every cut of ``graph`` (candidates by default) on this machine. With
     ``frames`` (a stream's consecutive inputs, one sample each), the delta codecs are
-    measured on them too: what a frame costs after the one before it."""
+    measured on them too: what a frame costs after the one before it. With ``calls``,
+    what a split call costs on loopback beyond its compute and bytes
+    (partitioner.calls)."""
     cuts = (
         list(cuts) if cuts is not None else enumerate_cuts(graph, max_tensors=options.max_tensors)
     )
@@ -373,6 +379,11 @@ def profile_model(
             if bar:
                 bar.step(cut.id)
     k = options.slowdown
+    call_ms, tensor_ms = (0.0, 0.0)
+    if calls:
+        from partitioner.calls import local_call_cost
+
+        call_ms, tensor_ms = local_call_cost()
     return Profile(
         model=graph.name,
         sha256=model_sha256(graph.model),
@@ -389,6 +400,8 @@ def profile_model(
             name: {label: _scaled_cost(c, k) for label, c in per.items()}
             for name, per in tensor_costs.items()
         },
+        call_ms=call_ms,
+        tensor_ms=tensor_ms,
     )
 
 
@@ -674,6 +687,8 @@ def _profile_from_json(raw: dict[str, Any]) -> Profile:
         tensors={
             name: {k: _cost(v) for k, v in per.items()} for name, per in raw["tensors"].items()
         },
+        call_ms=float(raw.get("call_ms", 0.0)),  # older profiles: not measured
+        tensor_ms=float(raw.get("tensor_ms", 0.0)),
     )
 
 

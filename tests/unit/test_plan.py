@@ -148,3 +148,32 @@ def test_the_plans_default_is_one_of_its_cuts_and_load_plan_checks_it(tmp_path):
     path.write_text(json.dumps(raw))
     with pytest.raises(PlanError, match="names no cut"):
         load_plan(path)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=planning_cases())
+def test_a_calls_own_cost_is_priced_in_every_split_and_the_min_cut(case):
+    """A split call costs more than its round trip, compute and bytes: a fixed part
+    and a part per tensor, paid by every split and never by edge-only. The plan stays
+    the optimum over every head with them."""
+    import dataclasses
+
+    graph, edge, cloud, tensors, link, keep = case
+    cloud_profile = dataclasses.replace(
+        synthetic_profile(graph, "cloud", cloud, tensors), call_ms=3.0, tensor_ms=0.7
+    )
+    planner = Planner(graph, synthetic_profile(graph, "edge", edge, tensors), cloud_profile)
+    choice = planner.choose(link, Constraints(keep_input_on_device=keep))
+    best = math.inf
+    for label in ("raw", "zstd"):
+        costs = additive_costs(graph, edge, cloud, tensors, label, link, keep_input_on_device=keep)
+        for head in closed_heads(graph):
+            extra = 0.0 if head == graph.all_mask else 3.0 + 0.7 * len(graph.crossing(head))
+            best = min(best, head_cost(graph, costs, head) + extra)
+    assert math.isclose(choice.best.total_ms, best, rel_tol=1e-9, abs_tol=1e-9)
+    for p in choice.candidates:
+        assert p.call_ms == (0.0 if p.cut == "edge" else 3.0 + 0.7 * len(p.tensors))
+    # a link's own figures (measured through it) win over the profile's
+    measured = Link(link.uplink_bps, link.rtt_ms, call_ms=1.0, tensor_ms=0.0)
+    for p in planner.candidates(measured):
+        assert p.call_ms == (0.0 if p.cut == "edge" else 1.0)

@@ -128,6 +128,8 @@ def test_the_cli_profiles_plans_sweeps_splits_and_checks(tmp_path, capsys):
     assert main(["profile", str(model), "--out", str(edge), "--slowdown", "8", *quick]) == 0
     assert main(["profile", str(model), "--out", str(cloud), "--device", "cloud", *quick]) == 0
     capsys.readouterr()
+    measured = load_profile(cloud)  # a split call's own cost, through a real server
+    assert 0 < measured.call_ms < 100 and measured.tensor_ms >= 0
     common = [str(model), "--edge", str(edge), "--cloud", str(cloud)]
     png = tmp_path / "plan.png"
     assert main(["plan", *common, "--uplink", "10mbit", "--rtt", "20ms", "--plot", str(png)]) == 0
