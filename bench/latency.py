@@ -22,6 +22,19 @@ of one request per strategy:
   measured after a few warm-up requests;
 * oracle: every cut of the plan (and edge-only) measured, the best kept.
 
+The planner prices what a split call itself costs (partitioner.calls): measured
+once per RTT through the link emulator against the same server, with two trivial
+models, before the points of that RTT.
+
+Device energy per request, for the LTE, 3G and Wi-Fi radio presets of
+runtime.power (Huang et al., MobiSys 2012; the device's compute and idle power
+are the presets' example figures, not a measurement): each strategy's energy is
+estimated from its measured times (head and encoding at compute power, the
+bytes at the radio's power for the link's rate, the rest of the request idle;
+edge-only all at compute power), the median over the rounds. The energy plan is
+the planner's least-energy (cut, codec) for the preset, measured like the others;
+the energy oracle is the measured strategy (every plan cut) that spent least.
+
 Writes ``OUT/latency.json`` (every measurement), ``OUT/latency.md`` (tables and
 headline figures) and ``OUT/<model>.png`` (latency vs bandwidth per strategy,
 and the planned cut vs bandwidth).
@@ -46,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from bench.processes import start_server, stop
+from partitioner.calls import measure_call_cost, write_call_models
 from partitioner.graph import ModelGraph
 from partitioner.plan import Constraints, Link, Planner, sweep
 from partitioner.profile import ProfileOptions, calibration_feeds, profile_model
@@ -57,6 +71,7 @@ from runtime.device.edge import StaticSplit
 from runtime.device.linkem import LinkEmulator
 from runtime.engine import SlowDevice, make_session, run_session
 from runtime.errors import SplitInferError
+from runtime.power import PowerModel, preset
 
 UPLINKS = (1, 5, 10, 25, 50, 100, 1000)
 RTTS = (5, 40, 100)
@@ -65,6 +80,7 @@ QUICK_RTTS = (5, 40)
 LOSSLESS = Constraints(codecs=frozenset({"raw", "zstd"}))
 MISSED = float("nan")  # a strategy that could not answer within its timeout
 WARM_UP_S = 1.0  # the adaptive runtime's time to learn the link (its prober runs every 0.2 s)
+RADIOS = ("lte", "3g", "wifi")
 
 
 def build_model(name: str, directory: Path) -> Path:
@@ -121,7 +137,7 @@ def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[s
         max_tensors=1,
         codecs=(CodecSpec.parse("raw"), CodecSpec.parse("zstd", level=1)),  # lossless plans
     )
-    cloud = profile_model(graph, feeds, options, progress=False)
+    cloud = profile_model(graph, feeds, options, progress=False, calls=True)
     uplinks, rtts = (QUICK_UPLINKS, QUICK_RTTS) if quick else (UPLINKS, RTTS)
     requests = 3 if quick else 5
     local = make_session(model)
@@ -141,12 +157,17 @@ def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[s
     artifacts = work / f"{name}-artifacts"
     write_artifacts(graph, [planner.cuts[i] for i in ids], artifacts, plan=plan.to_json())
     print(f"  exported, profiled, planned and split in {time.perf_counter() - began:.0f} s")
-    server, port = start_server([artifacts])
+    server, port = start_server([artifacts, *write_call_models(work / f"{name}-calls")])
     points = []
     try:
         with LinkEmulator("127.0.0.1", port) as link, SplitClient(link.address) as client:
             client.wait_ready(10)
             for rtt in rtts:
+                link.set(up_bps=1e9, down_bps=1e9, delay_ms=rtt / 2)
+                calls = measure_call_cost(link.address, rtt_ms=rtt, repeats=15)
+                print(
+                    f"  a call costs {calls[0]:.2f} ms + {calls[1]:.2f} ms a tensor at RTT {rtt} ms"
+                )
                 for up in uplinks:
                     link.set(up_bps=up * 1e6, down_bps=up * 1e6, delay_ms=rtt / 2)
                     points.append(
@@ -163,6 +184,7 @@ def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[s
                             edge_ms,
                             device,
                             requests,
+                            calls,
                         )
                     )
                     print(f"  {name} {up:>5} Mbit/s {rtt:>3} ms: " + _row(points[-1]), flush=True)
@@ -190,11 +212,12 @@ def _point(
     edge_ms: float,
     device: SlowDevice,
     requests: int,
+    calls: tuple[float, float] = (0.0, 0.0),
 ) -> dict[str, Any]:
     """Every strategy on one link, measured in rounds: each round times one request
     of every strategy in turn, so that a slow moment of this shared machine weighs
     on all of them alike; each strategy's figure is its median over the rounds."""
-    link = Link(up * 1e6, rtt)
+    link = Link(up * 1e6, rtt, call_ms=calls[0], tensor_ms=calls[1])
     timeout = max(10.0, 4 * edge_ms / 1000)
 
     def static(cut: str, codec: str) -> Callable[[], Any]:
@@ -217,9 +240,26 @@ def _point(
         p.cut: p for p in sorted(choice.candidates, key=lambda p: -p.total_ms) if p.cut in served
     }
     strategies: dict[str, Callable[[], Any]] = {"edge": edge_only}
+    routes: dict[str, tuple[str, str]] = {"edge": ("edge", "-")}
     for cut in served:
         if cut != "edge":
-            strategies[cut] = static(cut, best_codec[cut].codec if cut in best_codec else "raw")
+            codec = best_codec[cut].codec if cut in best_codec else "raw"
+            strategies[cut] = static(cut, codec)
+            routes[cut] = (cut, codec)
+    # each radio's least-energy plan among the served cuts, measured like the others
+    energy_plans: dict[str, Any] = {}
+    for radio in RADIOS:
+        planner.power = preset(radio)
+        try:
+            priced = planner.choose(link, LOSSLESS, "energy").candidates
+        finally:
+            planner.power = None
+        best = min((p for p in priced if p.cut in served), key=lambda p: p.energy_mj or 0)
+        energy_plans[radio] = best
+        route = (best.cut, best.codec)
+        if route not in routes.values():
+            strategies[f"energy:{radio}"] = static(best.cut, best.codec)
+            routes[f"energy:{radio}"] = route
     planned = min((p for p in choice.candidates if p.cut in plan_cuts), key=lambda p: p.total_ms)
     options = EdgeOptions(deadline_ms=max(1000.0, 4 * edge_ms), slowdown=device.factor)
     with EdgeRuntime(artifacts, SplitClient(target), options) as runtime:
@@ -229,11 +269,12 @@ def _point(
             if count >= 3 and time.monotonic() > warm_until:
                 break
         strategies["adaptive"] = lambda: runtime.infer(feeds)
-        times = _rounds(strategies, requests)
+        times, samples = _rounds(strategies, requests)
         cuts: dict[str, int] = runtime.stats()["cuts"]  # type: ignore[assignment]
         adaptive_cut = max(cuts.items(), key=lambda kv: kv[1])[0]
     adaptive_ms = times.pop("adaptive")
-    oracle = times
+    energy = _energies(samples, routes, choice.candidates, link, energy_plans)
+    oracle = {k: v for k, v in times.items() if not k.startswith("energy:")}
     cloud_ms, planned_ms = oracle["cloud"], oracle[planned.cut]
     best_cut = min(oracle, key=lambda c: oracle[c] if not math.isnan(oracle[c]) else math.inf)
     return {
@@ -251,13 +292,72 @@ def _point(
         "oracle_cut": best_cut,
         "measured_cuts": oracle,
         "candidates": len(choice.candidates),
+        "call_ms": calls[0],
+        "tensor_ms": calls[1],
+        "energy": energy,
     }
 
 
-def _rounds(strategies: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """The median ms of each strategy over ``rounds`` rounds of one request each; a
-    strategy that failed (a missed deadline) is MISSED and not called again."""
-    times: dict[str, list[float]] = {name: [] for name in strategies}
+def _energies(
+    samples: dict[str, list[tuple[float, Any]]],
+    routes: dict[str, tuple[str, str]],
+    candidates: Any,
+    link: Link,
+    plans: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Per radio preset, each measured strategy's median device energy (mJ) estimated
+    from its requests' measured times, and the energy plan against the best of them."""
+    priced = {(p.cut, p.codec): p for p in candidates}
+    result = {}
+    for radio in RADIOS:
+        power = preset(radio)
+        spent = {}
+        for name, route in routes.items():
+            values = [
+                _spent(power, elapsed, r, priced.get(route), link) for elapsed, r in samples[name]
+            ]
+            spent[name] = statistics.median(values) if values else MISSED
+        cuts = {k: v for k, v in spent.items() if not k.startswith("energy:")}
+        best = min(cuts, key=lambda k: cuts[k] if math.isfinite(cuts[k]) else math.inf)
+        plan = plans[radio]
+        name = next(k for k, v in routes.items() if v == (plan.cut, plan.codec))
+        result[radio] = {
+            "edge_only_mj": spent["edge"],
+            "cloud_only_mj": spent.get("cloud", MISSED),
+            "energy_plan_mj": spent[name],
+            "energy_plan_cut": plan.cut,
+            "predicted_mj": plan.energy_mj,
+            "oracle_mj": cuts[best],
+            "oracle_cut": best,
+            "measured": cuts,
+        }
+    return result
+
+
+def _spent(power: PowerModel, elapsed_ms: float, result: Any, predicted: Any, link: Link) -> float:
+    """A request's device energy from its measured times: edge-only all at compute
+    power; a split's head and encoding at compute power, its bytes at the radio's power
+    for the link's rate (the times the bytes take at that rate), the rest idle."""
+    if result is None or predicted is None:
+        return power.energy_mj(compute_ms=elapsed_ms)
+    timing = result.timing
+    compute = timing["head_ms"] + timing["encode_ms"]
+    sending, back = predicted.transfer_ms, predicted.return_ms
+    idle = max(timing["total_ms"] - compute - sending - back, 0.0)
+    mbit = link.uplink_bps / 1e6
+    return power.energy_mj(
+        compute_ms=compute, transfer_ms=sending, return_ms=back, idle_ms=idle,
+        uplink_mbit=mbit, downlink_mbit=(link.downlink_bps or link.uplink_bps) / 1e6,
+    )  # fmt: skip
+
+
+def _rounds(
+    strategies: dict[str, Callable[[], Any]], rounds: int
+) -> tuple[dict[str, float], dict[str, list[tuple[float, Any]]]]:
+    """The median ms of each strategy over ``rounds`` rounds of one request each, and
+    every request's (ms, what the call returned); a strategy that failed (a missed
+    deadline) is MISSED and not called again."""
+    samples: dict[str, list[tuple[float, Any]]] = {name: [] for name in strategies}
     missed: set[str] = set()
     for _ in range(rounds):
         for name, call in strategies.items():
@@ -265,15 +365,16 @@ def _rounds(strategies: dict[str, Callable[[], Any]], rounds: int) -> dict[str, 
                 continue
             start = time.perf_counter()
             try:
-                call()
+                answer = call()
             except SplitInferError:
                 missed.add(name)
                 continue
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {
-        name: MISSED if name in missed else statistics.median(values)
-        for name, values in times.items()
+            samples[name].append(((time.perf_counter() - start) * 1000, answer))
+    medians = {
+        name: MISSED if name in missed else statistics.median(ms for ms, _ in values)
+        for name, values in samples.items()
     }
+    return medians, {name: [] if name in missed else v for name, v in samples.items()}
 
 
 def planner_plan_cuts(artifacts: Path) -> list[str]:
@@ -314,10 +415,32 @@ def headline(models: list[dict[str, Any]]) -> dict[str, Any]:
         "planned_over_oracle_median": statistics.median(ratio("planned_ms", "oracle_ms"))
         if points
         else math.nan,
+        "energy": {radio: _energy_headline(points, radio, gmean) for radio in RADIOS},
         "adaptive_over_oracle_max": max(ratio("adaptive_ms", "oracle_ms"), default=math.nan),
         "adaptive_over_oracle_median": statistics.median(ratio("adaptive_ms", "oracle_ms"))
         if points
         else math.nan,
+    }
+
+
+def _energy_headline(
+    points: list[dict[str, Any]], radio: str, gmean: Callable[[list[float]], float]
+) -> dict[str, float]:
+    rows = [p["energy"][radio] for p in points if "energy" in p]
+
+    def ratios(key: str) -> list[float]:
+        return [
+            r["energy_plan_mj"] / r[key]
+            for r in rows
+            if math.isfinite(r[key]) and math.isfinite(r["energy_plan_mj"]) and r[key] > 0
+        ]
+
+    over = [r["energy_plan_mj"] / r["oracle_mj"] for r in rows if r["oracle_mj"] > 0]
+    return {
+        "energy_plan_over_oracle_max": max(over, default=math.nan),
+        "energy_plan_over_oracle_median": statistics.median(over) if over else math.nan,
+        "saving_vs_edge_geomean": 1 - gmean(ratios("edge_only_mj")),
+        "saving_vs_cloud_geomean": 1 - gmean(ratios("cloud_only_mj")),
     }
 
 
@@ -336,6 +459,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"worst {h['planned_over_oracle_max']:.2f}",
         f"- adaptive / oracle: median {h['adaptive_over_oracle_median']:.2f}, "
         f"worst {h['adaptive_over_oracle_max']:.2f}",
+        *(
+            f"- device energy, {radio}: energy plan / least measured: median "
+            f"{e['energy_plan_over_oracle_median']:.2f}, "
+            f"worst {e['energy_plan_over_oracle_max']:.2f}; "
+            f"geometric-mean saving {100 * e['saving_vs_edge_geomean']:.1f}% vs edge-only, "
+            f"{100 * e['saving_vs_cloud_geomean']:.1f}% vs cloud-only"
+            for radio, e in h["energy"].items()
+        ),
         "",
     ]
     header = "| uplink Mbit/s | RTT ms | edge-only | cloud-only | planned (cut) | adaptive (cut) |"
@@ -357,6 +488,24 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{p['adaptive_ms']:.1f} ({p['adaptive_cut']})",
                 f"{p['oracle_ms']:.1f} ({p['oracle_cut']})",
             ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines += [
+            f"**{m['model']}**, device energy per request, mJ (edge-only / cloud-only / "
+            "energy plan (cut) / least measured (cut)):",
+            "",
+            "| uplink Mbit/s | RTT ms | " + " | ".join(RADIOS) + " |",
+            "|---:|---:|" + "---|" * len(RADIOS),
+        ]
+        for p in m["points"]:
+            cells = [str(p["uplink_mbit"]), str(p["rtt_ms"])]
+            for radio in RADIOS:
+                e = p["energy"][radio]
+                cells.append(
+                    f"{e['edge_only_mj']:.0f} / {e['cloud_only_mj']:.0f} / "
+                    f"{e['energy_plan_mj']:.0f} ({e['energy_plan_cut']}) / "
+                    f"{e['oracle_mj']:.0f} ({e['oracle_cut']})"
+                )
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -37,7 +37,15 @@ def test_the_quick_benchmark_writes_its_reports(tmp_path):
         # the oracle is the best measured cut, so no measured cut beats it
         measured = [v for v in point["measured_cuts"].values() if v is not None]
         assert point["oracle_ms"] == min(measured)
+        assert point["call_ms"] > 0  # measured through the link, priced by the planner
+        for radio in ("lte", "3g", "wifi"):
+            energy = point["energy"][radio]
+            spent = [v for v in energy["measured"].values() if v is not None]
+            assert energy["oracle_mj"] == min(spent) and energy["edge_only_mj"] > 0
+            assert energy["energy_plan_mj"] >= energy["oracle_mj"] > 0
     assert report["headline"]["points"] == 6
+    assert set(report["headline"]["energy"]) == {"lte", "3g", "wifi"}
     table = (tmp_path / "latency.md").read_text()
     assert "| uplink Mbit/s | RTT ms | edge-only | cloud-only |" in table
+    assert "device energy per request, mJ" in table
     assert (tmp_path / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
