@@ -32,6 +32,7 @@ from runtime.device.client import SplitClient
 from runtime.device.edge import StaticSplit
 from runtime.engine import SlowDevice, make_session, run_session
 from runtime.errors import SplitInferError
+from runtime.power import preset
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Phase:
     cut: str | None = None  # "hang" or "reset": the link is dead
 
 
+POWER = preset("lte")  # the radio as measured by Huang et al.; example device figures
 PHASES = (
     Phase("fast link (100 Mbit/s, 5 ms)", 100e6, 2.5),
     Phase("slow link (2 Mbit/s, 40 ms)", 2e6, 20.0),
@@ -133,7 +135,11 @@ def _demo(out: Path, model: Path | None, requests: int, slowdown: float, deadlin
             first = PHASES[0]  # the device starts on the first phase's link, and measures it
             link.set(up_bps=first.up_bps, down_bps=first.up_bps, delay_ms=first.delay_ms)
             edge_options = EdgeOptions(
-                deadline_ms=deadline_ms, slowdown=slowdown, rtt_ms=5.0, uplink_bps=100e6
+                deadline_ms=deadline_ms,
+                slowdown=slowdown,
+                rtt_ms=5.0,
+                uplink_bps=100e6,
+                power=POWER,  # the device's energy of each request, estimated
             )
             with (
                 EdgeRuntime(artifacts, SplitClient(link.address), edge_options) as runtime,
@@ -174,7 +180,7 @@ def _phase(
     if phase.cut:
         link.cut(phase.cut)
     print(f"\n   -- {phase.name}")
-    ours, lost = [], 0
+    ours, energy, lost = [], [], 0
     for request in feeds:
         try:
             result = runtime.infer(request)
@@ -188,17 +194,21 @@ def _phase(
             lost += 1
         label = _label(got, names)
         ours.append(result.timing["total_ms"])
+        energy.append(result.timing["energy_mj"])
         print(
             f"   {result.path:>8} via {result.cut:>6} ({result.codec}): "
             f"{result.timing['total_ms']:7.1f} ms  -> {label}"
         )
     local = _local_ms(reference, feeds[0], slowdown)
-    cloud = _cloud_ms(cloud_only, feeds[0])
+    cloud, cloud_mj = _cloud_ms(cloud_only, feeds[0], phase)
     return {
         "phase": phase.name,
         "ours_ms": statistics.median(ours) if ours else float("nan"),
         "local_ms": local,
         "cloud_ms": cloud,
+        "ours_mj": statistics.mean(energy) if energy else float("nan"),
+        "local_mj": POWER.energy_mj(compute_ms=local),
+        "cloud_mj": cloud_mj,
     }, lost
 
 
@@ -218,12 +228,29 @@ def _local_ms(reference: Any, feeds: dict[str, np.ndarray], slowdown: float) -> 
     )
 
 
-def _cloud_ms(cloud_only: StaticSplit, feeds: dict[str, np.ndarray]) -> float | None:
-    """Cloud-only on this link, or None when it misses the deadline or cannot answer."""
+def _cloud_ms(
+    cloud_only: StaticSplit, feeds: dict[str, np.ndarray], phase: Phase
+) -> tuple[float | None, float | None]:
+    """Cloud-only on this link (ms, and the device's energy in mJ), or None when it
+    misses the deadline or cannot answer."""
     try:
-        return cloud_only.infer(feeds).timing["total_ms"]
+        result = cloud_only.infer(feeds)
     except SplitInferError:
-        return None
+        return None, None
+    timing = result.timing
+    rate = phase.up_bps or 1e9  # loopback: as fast as 1 Gbit/s at least
+    sent = sum(v.nbytes for v in feeds.values()) * 8 / rate * 1000
+    back = sum(v.nbytes for v in result.outputs.values()) * 8 / rate * 1000
+    mbit = rate / 1e6
+    energy = POWER.energy_mj(
+        compute_ms=timing["encode_ms"],
+        transfer_ms=sent,
+        return_ms=back,
+        idle_ms=max(timing["total_ms"] - timing["encode_ms"] - sent - back, 0.0),
+        uplink_mbit=mbit,
+        downlink_mbit=mbit,
+    )
+    return timing["total_ms"], energy
 
 
 def _summary(
@@ -238,6 +265,18 @@ def _summary(
     print(
         f"\n   {sum(paths.values())} requests: {paths['split']} split, {paths['local']} local, "
         f"{paths['fallback']} fell back to local; lost: {lost}"
+    )
+    mean = {
+        key: statistics.mean(row[key] for row in rows if row[key] is not None)
+        for key in ("ours_mj", "local_mj")
+    }
+    clouds = [row["cloud_mj"] for row in rows if row["cloud_mj"] is not None]
+    cloud = f"{statistics.mean(clouds):.0f} mJ" if clouds else "missed every phase"
+    print(
+        f"   device energy per request, LTE radio ({POWER.compute_w:g} W computing, "
+        f"{POWER.idle_w:g} W idle: example figures), mean over the phases: splitinfer "
+        f"{mean['ours_mj']:.0f} mJ, edge-only {mean['local_mj']:.0f} mJ, cloud-only {cloud}"
+        + ("" if len(clouds) == len(rows) else " (in the phases it answered)")
     )
     print(f"   device: this machine {slowdown:g}x slower (emulated)")
     print("   link: a TCP proxy on loopback shaping rate and delay (emulated)")
