@@ -500,7 +500,7 @@ class EdgeRuntime:
             link = self.link.estimate()
             waits = {}
             for key, c in self.costs.items():
-                if key == choice or c.last_seen() > stale:
+                if key == choice or c.last_seen() > stale or not self._unary(key):
                     continue
                 wait_ms = EXPLORE_RATIO * taken_ms - self.local_ms - c.head_ms - c.encode_ms
                 transfer_ms = c.up_bytes * 8 / link.uplink_bps * 1000

@@ -202,3 +202,18 @@ def test_cuts_keeps_the_runtime_to_the_cuts_named(artifacts, server):
         assert {r.cut for r in results} == {"mid"} and runtime.stats()["cuts"] == {"mid": 8}
     with pytest.raises(ValueError, match=r"no cut .nope. in .*; it has: cloud, mid"):
         _runtime(artifacts, target, cuts=("nope",))
+
+
+def test_infer_explores_only_what_it_can_send(artifacts, server):
+    """A runtime that also streams keeps delta-codec costs for its streams; infer()'s
+    trial of a stale cut takes one of the codecs a single request is sent with, even
+    when the delta costs are the stalest."""
+    with _runtime(artifacts, f"127.0.0.1:{server.port}") as runtime:
+        assert any(label.startswith("delta+") for _, label in runtime.costs)
+        runtime._explored_at, runtime._requests, runtime._explored_after = 0.0, 100, 0
+        for (_, label), costs in runtime.costs.items():
+            costs.measured_at = costs.tried_at = -1.0 if label.startswith("delta+") else 0.0
+        route = runtime._trial(None, 1e6)
+        assert route is not None and route.trial
+        assert not route.key[1].startswith("delta+") and runtime._unary(route.key)
+        assert runtime.infer(_frames(1)[0]).path in ("split", "local")
