@@ -681,7 +681,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"- ours (planned) / oracle, worst point: {h['planned_over_oracle_max']:.3f}",
         f"- ours / a peer's measured cut, worst point: {h['planned_over_best_peer_max']:.3f}",
         "",
-        "| model | speed-up vs Neurosurgeon (geomean) | vs DADS | prediction error, median: "
+        "| model | speed-up vs Neurosurgeon (x, geomean) | vs DADS (x) | prediction error, median: "
         "ours / Neurosurgeon / DADS |",
         "|---|---:|---:|---|",
     ]
@@ -691,8 +691,8 @@ def markdown(results: dict[str, Any]) -> str:
 
     for name, row in h["models"].items():
         lines.append(
-            f"| {name} | {fmt(row['speedup_vs_neurosurgeon_geomean'], '.2f')}x | "
-            f"{fmt(row['speedup_vs_dads_geomean'], '.2f')}x | "
+            f"| {name} | {fmt(row['speedup_vs_neurosurgeon_geomean'], '.2f')} | "
+            f"{fmt(row['speedup_vs_dads_geomean'], '.2f')} | "
             f"{fmt(row['ours_prediction_error_median'], '.0%')} / "
             f"{fmt(row['neurosurgeon_prediction_error_median'], '.0%')} / "
             f"{fmt(row['dads_prediction_error_median'], '.0%')} |"

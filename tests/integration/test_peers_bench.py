@@ -26,5 +26,5 @@ def test_the_quick_peer_benchmark_measures_each_peers_cut(tmp_path):
             assert measured["predicted_ms"] > 0
         assert point["oracle_ms"] <= point["planned_ms"] and point["oracle_cut"] in model["cuts"]
     assert set(report["neurosurgeon_predictors"]) >= {"conv", "linear", "maxpool"}
-    assert "| model | speed-up vs Neurosurgeon" in (tmp_path / "peers.md").read_text()
+    assert "| model | speed-up vs Neurosurgeon (x, geomean)" in (tmp_path / "peers.md").read_text()
     assert (tmp_path / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
