@@ -570,13 +570,22 @@ def measure_model(
                         )  # fmt: skip
                         return lambda: split.infer(one)
 
+                    # one strategy per (cut, codec): a peer that decides as we do is
+                    # measured by the same requests, not by a second median of them
                     strategies: dict[str, Callable[[], Any]] = {"edge": edge_only}
+                    routes = {("edge", "-"): "edge"}
                     for cut_id in ids:
                         if cut_id != "edge":
                             codec = priced[cut_id].codec if cut_id in priced else "raw"
                             strategies[cut_id] = static(cut_id, codec)
+                            routes[(cut_id, codec)] = cut_id
+                    measured_as = {}
                     for peer, cut_id in peer_ids[up].items():
-                        strategies[peer] = edge_only if cut_id == "edge" else static(cut_id, "raw")
+                        route = (cut_id, "-" if cut_id == "edge" else "raw")
+                        if route not in routes:
+                            strategies[peer] = static(cut_id, "raw")
+                            routes[route] = peer
+                        measured_as[peer] = routes[route]
                     options_ = EdgeOptions(deadline_ms=max(1000.0, 4 * edge_ms), slowdown=slowdown)
                     with EdgeRuntime(artifacts, SplitClient(link.address), options_) as runtime:
                         warm_until = time.monotonic() + WARM_UP_S
@@ -596,6 +605,7 @@ def measure_model(
                         "rtt_ms": rtt,
                         "call_ms": calls[0],
                         "planned_cut": planned.cut,
+                        "planned_codec": planned.codec,
                         "planned_ms": times[planned.cut],
                         "predicted_ms": planned.total_ms,
                         "adaptive_ms": times["adaptive"],
@@ -613,7 +623,7 @@ def measure_model(
                         # against the measurement as it stands
                         point["peers"][peer] = {
                             "cut": peer_ids[up][peer],
-                            "measured_ms": times[peer],
+                            "measured_ms": times[measured_as[peer]],
                             "predicted_ms": decided[up].predicted_ms,
                         }
                     points.append(point)
