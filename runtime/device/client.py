@@ -193,32 +193,12 @@ class SplitClient:
     def replies(self, call: Any) -> Iterator[Reply | Exception]:
         """The Replies (or errors) of an InferStream call, each once all of it arrived."""
         start = time.perf_counter()
-        partial: dict[str, tuple[pb.InferResponse, list[bytearray]]] = {}
         try:
-            for item in call:
-                kind = item.WhichOneof("item")
-                if kind == "error":
-                    yield error_for(_status(item.error.code), item.error.message)
-                    continue
-                if kind == "response":
-                    response = item.response
-                    partial[response.request_id] = (
-                        response,
-                        [bytearray(o.payload) for o in response.outputs],
-                    )
-                    request_id = response.request_id
+            for _, answer in stream_answers(call):
+                if isinstance(answer, Exception):
+                    yield answer
                 else:
-                    response, buffers = partial[item.chunk.request_id]
-                    buffers[item.chunk.tensor].extend(item.chunk.data)
-                    request_id = item.chunk.request_id
-                response, buffers = partial[request_id]
-                sizes = [o.payload_size or len(o.payload) for o in response.outputs]
-                if all(len(b) == s for b, s in zip(buffers, sizes, strict=True)):
-                    del partial[request_id]
-                    for output, buffer in zip(response.outputs, buffers, strict=True):
-                        output.payload = bytes(buffer)
-                        output.payload_size = 0
-                    yield _reply(response, (time.perf_counter() - start) * 1000)
+                    yield _reply(answer, (time.perf_counter() - start) * 1000)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
 
@@ -307,32 +287,12 @@ class FrameStream:
             yield message
 
     def _read(self) -> None:
-        partial: dict[str, tuple[pb.InferResponse, list[bytearray]]] = {}
         try:
-            for item in self._call:
-                kind = item.WhichOneof("item")
-                if kind == "error":
-                    error = error_for(_status(item.error.code), item.error.message)
-                    self._settle(item.error.request_id, error=error)
-                    continue
-                if kind == "response":
-                    response = item.response
-                    buffers = [bytearray(o.payload) for o in response.outputs]
-                    partial[response.request_id] = (response, buffers)
-                    request_id = response.request_id
+            for request_id, answer in stream_answers(self._call):
+                if isinstance(answer, Exception):
+                    self._settle(request_id, error=answer)
                 else:
-                    request_id = item.chunk.request_id
-                    if request_id not in partial:
-                        continue
-                    partial[request_id][1][item.chunk.tensor].extend(item.chunk.data)
-                response, buffers = partial[request_id]
-                sizes = [o.payload_size or len(o.payload) for o in response.outputs]
-                if all(len(b) == s for b, s in zip(buffers, sizes, strict=True)):
-                    del partial[request_id]
-                    for output, buffer in zip(response.outputs, buffers, strict=True):
-                        output.payload = bytes(buffer)
-                        output.payload_size = 0
-                    self._settle(request_id, response=response)
+                    self._settle(request_id, response=answer)
             self._fail(RemoteError("the server ended the stream", "UNAVAILABLE"))
         except grpc.RpcError as exc:
             self._fail(error_from_rpc(exc))
@@ -462,6 +422,35 @@ def _parse_reply(data: bytes, round_trip_ms: float) -> Reply:
     response, outputs = fastwire.read(data, fastwire.INFER_RESPONSE)
     decoded = {t.name: decode(t) for t in outputs}
     return Reply(decoded, response.timing, round_trip_ms, (time.perf_counter() - begin) * 1000)
+
+
+def stream_answers(call: Any) -> Iterator[tuple[str, pb.InferResponse | Exception]]:
+    """An InferStream call's answers as (request id, the whole InferResponse or the
+    splitinfer error of a failed request), each once all of its chunks arrived; chunks
+    of an unknown request are skipped. A grpc.RpcError of the call itself is raised."""
+    partial: dict[str, tuple[pb.InferResponse, list[bytearray]]] = {}
+    for item in call:
+        kind = item.WhichOneof("item")
+        if kind == "error":
+            yield item.error.request_id, error_for(_status(item.error.code), item.error.message)
+            continue
+        if kind == "response":
+            response = item.response
+            request_id = response.request_id
+            partial[request_id] = (response, [bytearray(o.payload) for o in response.outputs])
+        else:
+            request_id = item.chunk.request_id
+            if request_id not in partial:
+                continue
+            partial[request_id][1][item.chunk.tensor].extend(item.chunk.data)
+        response, buffers = partial[request_id]
+        sizes = [o.payload_size or len(o.payload) for o in response.outputs]
+        if all(len(b) == s for b, s in zip(buffers, sizes, strict=True)):
+            del partial[request_id]
+            for output, buffer in zip(response.outputs, buffers, strict=True):
+                output.payload = bytes(buffer)
+                output.payload_size = 0
+            yield request_id, response
 
 
 def stream_messages(
