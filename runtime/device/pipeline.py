@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtime.codec import CodecSpec, DeltaEncoder, Encoded, encode, encoded_size
+from runtime.codec import CodecSpec, DeltaEncoder, Encoded, encoded_size
 from runtime.device.client import FrameStream, Reply
-from runtime.device.edge import Result
+from runtime.device.edge import Result, encode_all
 from runtime.engine import check_feeds
 from runtime.errors import DeadlineError, NotFoundError, SplitInferError
 
@@ -188,7 +188,7 @@ class Pipeline:
 
     def _encode(self, cut: str, sent: Mapping[str, np.ndarray], spec: CodecSpec) -> list[Encoded]:
         if not spec.codec.delta:
-            return [encode(value, spec, name=name) for name, value in sent.items()]
+            return encode_all(sent, spec)
         model = self.rt.manifest.model
         return [
             self.encoder.encode(value, spec, slot=f"{model}/{cut}/{name}", name=name)
