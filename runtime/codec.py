@@ -210,25 +210,7 @@ def decode(encoded: Encoded, *, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarra
     ``raw`` and ``zstd`` tensors come back read-only (views of the payload's
     bytes, which saves a copy); take ``.copy()`` to write to one.
     """
-    codec = encoded.codec
-    if not isinstance(codec, Codec):
-        codec = Codec.parse(str(codec))
-    if not isinstance(encoded.payload, (bytes, bytearray, memoryview)):
-        raise CodecError(f"the payload must be bytes, not {type(encoded.payload).__name__}")
-    if encoded.version != CODEC_VERSION:
-        raise CodecError(
-            f"codec version {encoded.version} is not supported (expected {CODEC_VERSION})"
-        )
-    if not isinstance(encoded.dtype, str) or not codec.accepts(encoded.dtype):
-        raise CodecError(f"codec {codec.value} cannot carry {encoded.dtype!r} tensors")
-    shape = _checked_shape(encoded.shape)
-    count = math.prod(shape)
-    dtype = np.dtype(encoded.dtype).newbyteorder("<")
-    if count * dtype.itemsize > max_bytes:
-        raise CodecError(
-            f"tensor of shape {list(encoded.shape)} and dtype {encoded.dtype} needs "
-            f"{count * dtype.itemsize} bytes, more than the limit of {max_bytes}"
-        )
+    codec, shape, dtype, count = _checked_header(encoded, max_bytes)
     # raw and zstd tensors are read-only views of their bytes: no copy on the hot path
     if codec is Codec.RAW:
         values = _exact_buffer(encoded.payload, count * dtype.itemsize, "raw payload")
@@ -249,6 +231,34 @@ def decode(encoded: Encoded, *, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarra
     scale, zero_point, axis = _checked_quantization(encoded, shape)
     q = np.frombuffer(_decompress(encoded, count, 1), dtype=np.int8).reshape(shape)
     return _dequantize(q, scale, zero_point, axis, dtype)
+
+
+def _checked_header(
+    encoded: Encoded, max_bytes: int
+) -> tuple[Codec, tuple[int, ...], np.dtype, int]:
+    """What every decoder checks before it reads a payload: a known codec and version,
+    bytes, a dtype the codec carries, a valid shape within ``max_bytes``. Returns the
+    codec, the shape, the little-endian dtype and the element count."""
+    codec = encoded.codec
+    if not isinstance(codec, Codec):
+        codec = Codec.parse(str(codec))
+    if not isinstance(encoded.payload, (bytes, bytearray, memoryview)):
+        raise CodecError(f"the payload must be bytes, not {type(encoded.payload).__name__}")
+    if encoded.version != CODEC_VERSION:
+        raise CodecError(
+            f"codec version {encoded.version} is not supported (expected {CODEC_VERSION})"
+        )
+    if not isinstance(encoded.dtype, str) or not codec.accepts(encoded.dtype):
+        raise CodecError(f"codec {codec.value} cannot carry {encoded.dtype!r} tensors")
+    shape = _checked_shape(encoded.shape)
+    count = math.prod(shape)
+    dtype = np.dtype(encoded.dtype).newbyteorder("<")
+    if count * dtype.itemsize > max_bytes:
+        raise CodecError(
+            f"tensor of shape {list(encoded.shape)} and dtype {encoded.dtype} needs "
+            f"{count * dtype.itemsize} bytes, more than the limit of {max_bytes}"
+        )
+    return codec, shape, dtype, count
 
 
 def encoded_size(encoded: Encoded) -> int:
@@ -567,20 +577,7 @@ class DeltaDecoder:
         codec = encoded.codec
         if not isinstance(codec, Codec) or not codec.delta:
             raise CodecError(f"{getattr(codec, 'value', codec)} is not a delta codec")
-        if not isinstance(encoded.dtype, str) or not codec.accepts(encoded.dtype):
-            raise CodecError(f"codec {codec.value} cannot carry {encoded.dtype!r} tensors")
-        if encoded.version != CODEC_VERSION:
-            raise CodecError(
-                f"codec version {encoded.version} is not supported (expected {CODEC_VERSION})"
-            )
-        shape = _checked_shape(encoded.shape)
-        dtype = np.dtype(encoded.dtype).newbyteorder("<")
-        count = math.prod(shape)
-        if count * dtype.itemsize > self.max_bytes:
-            raise CodecError(
-                f"tensor of shape {list(shape)} and dtype {encoded.dtype} needs "
-                f"{count * dtype.itemsize} bytes, more than the limit of {self.max_bytes}"
-            )
+        codec, shape, dtype, count = _checked_header(encoded, self.max_bytes)
         ref = None
         if not encoded.key_frame:
             ref = self._refs.get(slot)
