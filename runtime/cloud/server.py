@@ -164,12 +164,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             handed = False
             try:
                 call.bytes_in = sum(done.sizes)
-                tensors = done.tensors or [
-                    tensor_from_proto(t, memoryview(p))
-                    for t, p in zip(request.tensors, done.payloads, strict=True)
-                ]
-                del done.payloads[:]
-                done.tensors = []
+                tensors = done.take()
                 response, outputs = await self._infer(
                     request, tensors, context, call, hold, stream=True
                 )
@@ -347,11 +342,7 @@ class _Deltas:
         reference is missing or whose memory does not fit is refused, and its slot
         forgotten: the sender's next key frame starts it again."""
         request = done.request
-        tensors = [
-            tensor_from_proto(t, memoryview(p))
-            for t, p in zip(request.tensors, done.payloads, strict=True)
-        ]
-        del done.payloads[:]
+        tensors = done.take()
         slots = [f"{request.model}/{request.cut}/{t.name}" for t in tensors]
 
         def work() -> list[Encoded]:
@@ -502,6 +493,17 @@ class _Assembly:
 
     def complete(self) -> bool:
         return all(len(p) == s for p, s in zip(self.payloads, self.sizes, strict=True))
+
+    def take(self) -> list[Encoded]:
+        """The request's tensors (decoded ones, when delta frames were), once: the
+        assembly lets go of them."""
+        tensors = self.tensors or [
+            tensor_from_proto(t, memoryview(p))
+            for t, p in zip(self.request.tensors, self.payloads, strict=True)
+        ]
+        del self.payloads[:]
+        self.tensors = []
+        return tensors
 
 
 def register_service(server: grpc.aio.Server, servicer: SplitInferenceServicer) -> None:
