@@ -46,8 +46,6 @@ import argparse
 import itertools
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -58,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.processes import start_server, stop
+from bench.processes import machine, start_server, stop
 from partitioner.calls import measure_call_cost, write_call_models
 from partitioner.graph import ModelGraph
 from partitioner.plan import Constraints, Link, Planner, sweep
@@ -341,14 +339,14 @@ def _spent(power: PowerModel, elapsed_ms: float, result: Any, predicted: Any, li
     if result is None or predicted is None:
         return power.energy_mj(compute_ms=elapsed_ms)
     timing = result.timing
-    compute = timing["head_ms"] + timing["encode_ms"]
-    sending, back = predicted.transfer_ms, predicted.return_ms
-    idle = max(timing["total_ms"] - compute - sending - back, 0.0)
-    mbit = link.uplink_bps / 1e6
-    return power.energy_mj(
-        compute_ms=compute, transfer_ms=sending, return_ms=back, idle_ms=idle,
-        uplink_mbit=mbit, downlink_mbit=(link.downlink_bps or link.uplink_bps) / 1e6,
-    )  # fmt: skip
+    return power.split_mj(
+        total_ms=timing["total_ms"],
+        compute_ms=timing["head_ms"] + timing["encode_ms"],
+        transfer_ms=predicted.transfer_ms,
+        return_ms=predicted.return_ms,
+        uplink_mbit=link.uplink_bps / 1e6,
+        downlink_mbit=(link.downlink_bps or link.uplink_bps) / 1e6,
+    )
 
 
 def _rounds(
@@ -578,11 +576,7 @@ def main() -> int:
             print(f"{name}:", flush=True)
             models.append(measure_model(name.strip(), Path(tmp), args.slowdown, args.quick))
     results = {
-        "machine": {
-            "processor": platform.processor(),
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-        },
+        "machine": machine(),
         "command": "python -m bench.latency " + " ".join(sys.argv[1:]),
         "slowdown": args.slowdown,
         "seconds": time.perf_counter() - started,

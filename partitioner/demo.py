@@ -242,11 +242,11 @@ def _cloud_ms(
     sent = sum(v.nbytes for v in feeds.values()) * 8 / rate * 1000
     back = sum(v.nbytes for v in result.outputs.values()) * 8 / rate * 1000
     mbit = rate / 1e6
-    energy = POWER.energy_mj(
+    energy = POWER.split_mj(
+        total_ms=timing["total_ms"],
         compute_ms=timing["encode_ms"],
         transfer_ms=sent,
         return_ms=back,
-        idle_ms=max(timing["total_ms"] - timing["encode_ms"] - sent - back, 0.0),
         uplink_mbit=mbit,
         downlink_mbit=mbit,
     )

@@ -91,6 +91,28 @@ class PowerModel:
             + self.idle_w * idle_ms
         )
 
+    def split_mj(
+        self,
+        *,
+        total_ms: float,
+        compute_ms: float,
+        transfer_ms: float,
+        return_ms: float,
+        uplink_mbit: float,
+        downlink_mbit: float,
+    ) -> float:
+        """A finished split's energy from its measured times: compute for the head and
+        encoding, the radio while the bytes go and come back, idle for the rest."""
+        idle = max(total_ms - compute_ms - transfer_ms - return_ms, 0.0)
+        return self.energy_mj(
+            compute_ms=compute_ms,
+            transfer_ms=transfer_ms,
+            return_ms=return_ms,
+            idle_ms=idle,
+            uplink_mbit=uplink_mbit,
+            downlink_mbit=downlink_mbit,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "example_device"} | (
             {"example_device": True} if self.example_device else {}

@@ -429,14 +429,14 @@ class EdgeRuntime:
         if path == "split":
             link = self.link.estimate()
             mbit = link.uplink_bps / 1e6
-            transfer = up * 8 / link.uplink_bps * 1000
-            back = down * 8 / link.uplink_bps * 1000
-            compute = timing["head_ms"] + timing["encode_ms"]
-            idle = max(timing["total_ms"] - compute - transfer - back, 0.0)
-            energy = power.energy_mj(
-                compute_ms=compute, transfer_ms=transfer, return_ms=back, idle_ms=idle,
-                uplink_mbit=mbit, downlink_mbit=mbit,
-            )  # fmt: skip
+            energy = power.split_mj(
+                total_ms=timing["total_ms"],
+                compute_ms=timing["head_ms"] + timing["encode_ms"],
+                transfer_ms=up * 8 / link.uplink_bps * 1000,
+                return_ms=down * 8 / link.uplink_bps * 1000,
+                uplink_mbit=mbit,
+                downlink_mbit=mbit,
+            )
         else:
             energy = power.energy_mj(
                 compute_ms=timing["local_ms"], idle_ms=timing.get("split_ms", 0.0)
