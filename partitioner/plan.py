@@ -833,12 +833,7 @@ def _energy_crossover(
         scaled = base_w * (p.transfer_ms + (p.return_ms if downlink_bps is None else 0.0))
         return (p.energy_mj or 0.0) - scaled, scaled * up
 
-    (fa, sa), (fb, sb) = line(a, up_a), line(b, up_b)
-    if fb != fa:
-        crossing = (sa - sb) / (fb - fa)
-        if up_a <= crossing <= up_b:
-            return crossing
-    return math.sqrt(up_a * up_b)
+    return _meeting(line(a, up_a), line(b, up_b), up_a, up_b)
 
 
 def _crossover(
@@ -854,7 +849,13 @@ def _crossover(
         scaled = p.transfer_ms + (p.return_ms if downlink_bps is None else 0.0)
         return p.total_ms - scaled, scaled * up
 
-    (fa, sa), (fb, sb) = line(a, up_a), line(b, up_b)
+    return _meeting(line(a, up_a), line(b, up_b), up_a, up_b)
+
+
+def _meeting(a: tuple[float, float], b: tuple[float, float], up_a: float, up_b: float) -> float:
+    """Where two costs ``fixed + slope / uplink``, given as (fixed, slope), are equal
+    between ``up_a`` and ``up_b``; the geometric middle when they do not meet there."""
+    (fa, sa), (fb, sb) = a, b
     if fb != fa:
         crossing = (sa - sb) / (fb - fa)
         if up_a <= crossing <= up_b:
