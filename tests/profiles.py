@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 from partitioner import ModelGraph, enumerate_cuts
 from partitioner.graph import members
 from partitioner.mincut import CutCosts
-from partitioner.plan import Link
+from partitioner.plan import Link, Planner
 from partitioner.profile import CodecCost, CutProfile, OutputError, Profile, Timing
 from partitioner.split import model_sha256
+from runtime.power import PowerModel
 
 
 def _t(ms: float) -> Timing:
@@ -104,3 +105,25 @@ def additive_costs(
         )
     receive = {o: link.down_ms(float(graph.spec(o).bytes_per_sample() or 0)) for o in graph.outputs}
     return CutCosts(list(edge_ms), list(cloud_ms), send, receive, link.rtt_ms)
+
+
+def chain_planner(power: PowerModel | None = None) -> tuple[Planner, str, str]:
+    """x -> A -> a -> B -> b -> C -> y, each node 10 ms on the device and 1 ms in the cloud;
+    x is 100 kB, a 10 kB, b 1 kB, y 16 bytes (float32[N, 4]). The planner, a and b."""
+    from tests.graphs import Builder
+
+    builder = Builder("chain")
+    x = builder.input("x", ["N", 4])
+    a = builder.op("Relu", [x])
+    b = builder.op("Tanh", [a])
+    builder.output(builder.op("Sigmoid", [b]))
+    graph = ModelGraph.load(builder.model())
+    sizes = {x: 100_000.0, a: 10_000.0, b: 1_000.0}
+    tensors = {name: {"raw": CodecCost(size, 0.0, 0.0)} for name, size in sizes.items()}
+    planner = Planner(
+        graph,
+        synthetic_profile(graph, "edge", [10.0] * 3, tensors),
+        synthetic_profile(graph, "cloud", [1.0] * 3, tensors),
+        power=power,
+    )
+    return planner, a, b

@@ -11,14 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from partitioner import ModelGraph
 from partitioner.cli import main
 from partitioner.plan import Constraints, Link, Planner, load_plan, sweep
-from partitioner.profile import CodecCost
 from runtime.errors import PlanError
 from runtime.power import PowerError, PowerModel, load_power, preset
-from tests.graphs import Builder
-from tests.profiles import additive_costs, synthetic_profile
+from tests.profiles import additive_costs, chain_planner, synthetic_profile
 from tests.strategies import closed_heads, planning_cases
 
 PHONE = PowerModel(
@@ -27,28 +24,8 @@ PHONE = PowerModel(
 )  # fmt: skip
 
 
-def _chain(power: PowerModel = PHONE) -> tuple[Planner, str, str]:
-    """x -> A -> a -> B -> b -> C -> y, each node 10 ms on the device and 1 ms in the
-    cloud; x is 100 kB, a 10 kB, b 1 kB, y 16 bytes."""
-    builder = Builder("chain")
-    x = builder.input("x", ["N", 4])
-    a = builder.op("Relu", [x])
-    b = builder.op("Tanh", [a])
-    builder.output(builder.op("Sigmoid", [b]))
-    graph = ModelGraph.load(builder.model())
-    sizes = {x: 100_000.0, a: 10_000.0, b: 1_000.0}
-    tensors = {name: {"raw": CodecCost(size, 0.0, 0.0)} for name, size in sizes.items()}
-    planner = Planner(
-        graph,
-        synthetic_profile(graph, "edge", [10.0] * 3, tensors),
-        synthetic_profile(graph, "cloud", [1.0] * 3, tensors),
-        power=power,
-    )
-    return planner, a, b
-
-
 def test_each_candidates_energy_is_the_power_model_by_hand():
-    planner, a, _ = _chain()
+    planner, a, _ = chain_planner(PHONE)
     link = Link(10e6, 40.0)  # 10 Mbit/s: 10 kB take 8 ms; the 16-byte output 0.0128 ms
     by_cut = {p.tensors: p for p in planner.candidates(link)}
     after_a = by_cut[(a,)]
@@ -114,25 +91,25 @@ def test_the_energy_plan_equals_brute_force_over_every_cut_and_codec(
 
 def test_a_slow_power_hungry_link_computes_here_and_a_fast_cheap_one_offloads():
     hungry = dataclasses.replace(PHONE, uplink_mw_per_mbit=900.0, radio_base_mw=1300.0)
-    planner, _, _ = _chain(hungry)
+    planner, _, _ = chain_planner(hungry)
     slow = planner.choose(Link(0.5e6, 100.0), objective="energy")
     assert slow.best.cut == "edge"
     # the energy of sending is alpha x bits plus beta x time: cheap per bit, fast link
     cheap = dataclasses.replace(PHONE, uplink_mw_per_mbit=5.0, radio_base_mw=100.0)
-    planner, _, _ = _chain(cheap)
+    planner, _, _ = chain_planner(cheap)
     fast = planner.choose(Link(1000e6, 5.0), objective="energy")
     assert fast.best.cut == "cloud"
     # and energy is not latency: sending a is fastest (21.0 ms against 26.4 for b), but
     # with the radio's base power at 8 W, computing B too and sending b costs 49.5 mJ
     # against 87.6 (and 60 for computing everything here)
-    planner, a, b = _chain(dataclasses.replace(PHONE, radio_base_mw=8000.0))
+    planner, a, b = chain_planner(dataclasses.replace(PHONE, radio_base_mw=8000.0))
     link = Link(20e6, 5.0)
     assert planner.choose(link).best.tensors == (a,)
     assert planner.choose(link, objective="energy").best.tensors == (b,)
 
 
 def test_deadlines_and_energy_caps_are_respected():
-    planner, a, b = _chain()
+    planner, a, b = chain_planner(PHONE)
     link = Link(10e6, 5.0)
     # after A: 25.0 ms, 63.5 mJ; after B: 26.8 ms, 47.0 mJ; edge-only: 30 ms, 60 mJ
     free = planner.choose(link, objective="energy")
@@ -149,14 +126,14 @@ def test_deadlines_and_energy_caps_are_respected():
     assert capped.best.tensors == (b,) and all((c.energy_mj or 0) <= cap for c in capped.candidates)
     with pytest.raises(PlanError, match="no cut is allowed"):
         planner.choose(link, Constraints(deadline_ms=1.0), "energy")
-    plain, _, _ = _chain()
+    plain, _, _ = chain_planner(PHONE)
     plain.power = None
     with pytest.raises(PlanError, match="need the device's power model"):
         plain.choose(link, objective="energy")
 
 
 def test_an_energy_sweep_writes_its_objective_and_segments(tmp_path):
-    planner, _, _ = _chain()
+    planner, _, _ = chain_planner(PHONE)
     plan = sweep(planner, objective="energy", rtts_ms=[40.0], tolerance=0.0)
     assert plan.objective == "energy" and plan.constraints["power"]["compute_w"] == 2.0
     path = tmp_path / "plan.json"

@@ -9,13 +9,11 @@ import math
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from partitioner import ModelGraph
 from partitioner.mincut import head_cost
 from partitioner.plan import Constraints, Link, Planner, load_plan, sweep
 from partitioner.profile import CodecCost
 from runtime.errors import PlanError
-from tests.graphs import Builder
-from tests.profiles import additive_costs, synthetic_profile
+from tests.profiles import additive_costs, chain_planner, synthetic_profile
 from tests.strategies import closed_heads, planning_cases
 
 
@@ -43,27 +41,8 @@ def test_the_plan_equals_brute_force_over_every_cut_and_codec(case):
         assert not set(choice.best.tensors) & set(graph.inputs)
 
 
-def _chain():
-    """x -> A -> a -> B -> b -> C -> y, each node 10 ms on the device and 1 ms in the cloud;
-    x is 100 kB, a 10 kB, b 1 kB, y 16 bytes (float32[N, 4])."""
-    builder = Builder("chain")
-    x = builder.input("x", ["N", 4])
-    a = builder.op("Relu", [x])
-    b = builder.op("Tanh", [a])
-    builder.output(builder.op("Sigmoid", [b]))
-    graph = ModelGraph.load(builder.model())
-    sizes = {x: 100_000.0, a: 10_000.0, b: 1_000.0}
-    tensors = {name: {"raw": CodecCost(size, 0.0, 0.0)} for name, size in sizes.items()}
-    planner = Planner(
-        graph,
-        synthetic_profile(graph, "edge", [10.0] * 3, tensors),
-        synthetic_profile(graph, "cloud", [1.0] * 3, tensors),
-    )
-    return planner, a, b
-
-
 def test_the_choice_moves_from_cloud_to_device_exactly_where_the_arithmetic_says():
-    planner, a, b = _chain()
+    planner, a, b = chain_planner()
     # totals at u Mbit/s (bytes * 8e-3 / u ms), the 16-byte output returning likewise:
     #   cloud-only 3 + 800.128/u, after A 12 + 80.128/u, after B 21 + 8.128/u, edge-only 30
     crossings = {"cloud|A": 80.0, "A|B": 8.0, "B|edge": 8.128 / 9}
@@ -88,7 +67,7 @@ def test_the_choice_moves_from_cloud_to_device_exactly_where_the_arithmetic_says
 
 
 def test_keep_input_on_device_never_sends_the_input():
-    planner, a, _ = _chain()
+    planner, a, _ = chain_planner()
     fast = Link(1e9, 0.0)
     assert planner.choose(fast).best.tensors == ("x",)
     kept = planner.choose(fast, Constraints(keep_input_on_device=True))
@@ -97,7 +76,7 @@ def test_keep_input_on_device_never_sends_the_input():
 
 
 def _lossy_chain(error):
-    planner, a, b = _chain()
+    planner, a, b = chain_planner()
     graph = planner.graph
     tensors = {
         name: {"raw": CodecCost(size, 0.0, 0.0), "int8+zstd": CodecCost(size / 100, 0.0, 0.0)}
@@ -133,7 +112,7 @@ def test_codecs_restricts_the_choice_and_an_unknown_one_is_an_error():
 
 
 def test_the_plans_default_is_one_of_its_cuts_and_load_plan_checks_it(tmp_path):
-    planner, _, _ = _chain()
+    planner, _, _ = chain_planner()
     plan = sweep(planner, default=Link(500e6, 5.0))
     assert plan.default["cut"] in {c["id"] for c in plan.cuts}
     path = tmp_path / "plan.json"
