@@ -770,13 +770,12 @@ def plot(model: dict[str, Any], path: Any) -> None:
 def main() -> int:
     import argparse
     import json
-    import os
-    import platform
     import sys
     import tempfile
     from pathlib import Path
 
     from bench.latency import _strict
+    from bench.processes import machine
 
     parser = argparse.ArgumentParser(description="the peers' planners, measured beside ours")
     parser.add_argument("--quick", action="store_true", help="the tiny model, two links")
@@ -794,7 +793,7 @@ def main() -> int:
         for name in names:
             models.append(measure_model(name.strip(), tmp, args.slowdown, args.quick, layers))
     results = {
-        "machine": {"machine": platform.machine(), "cpus": os.cpu_count()},
+        "machine": machine(),
         "command": "python -m bench.peers " + " ".join(sys.argv[1:]),
         "slowdown": args.slowdown,
         "seconds": time.perf_counter() - started,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -57,3 +58,12 @@ def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
     if process.poll() is None:
         os.kill(process.pid, sig)
     process.wait(timeout=30)
+
+
+def machine() -> dict[str, object]:
+    """What a benchmark's results say of the machine they were measured on."""
+    return {
+        "processor": platform.processor(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }

@@ -34,8 +34,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -47,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from bench.latency import _strict, build_model
-from bench.processes import start_server, stop
+from bench.processes import machine, start_server, stop
 from partitioner.graph import ModelGraph
 from partitioner.plan import Constraints, Link, Planner, sweep
 from partitioner.profile import Profile, ProfileOptions, profile_model
@@ -422,11 +420,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         measured = measure(frames, args.slowdown, args.quick, Path(tmp))
     results = {
-        "machine": {
-            "processor": platform.processor(),
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-        },
+        "machine": machine(),
         "command": "python -m bench.stream " + " ".join(sys.argv[1:]),
         "slowdown": args.slowdown,
         "seconds": time.perf_counter() - started,
