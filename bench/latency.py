@@ -272,6 +272,7 @@ def _point(
         adaptive_cut = max(cuts.items(), key=lambda kv: kv[1])[0]
     adaptive_ms = times.pop("adaptive")
     energy = _energies(samples, routes, choice.candidates, link, energy_plans)
+    by_route = {(p.cut, p.codec): p for p in choice.candidates}
     oracle = {k: v for k, v in times.items() if not k.startswith("energy:")}
     cloud_ms, planned_ms = oracle["cloud"], oracle[planned.cut]
     best_cut = min(oracle, key=lambda c: oracle[c] if not math.isnan(oracle[c]) else math.inf)
@@ -293,6 +294,35 @@ def _point(
         "call_ms": calls[0],
         "tensor_ms": calls[1],
         "energy": energy,
+        # where each measured cut's time went, beside what the plan predicted for it
+        "breakdown": {
+            name: _breakdown(by_route.get(routes[name]), samples[name])
+            for name in routes
+            if name != "edge" and samples[name]
+        },
+    }
+
+
+PARTS = ("head_ms", "encode_ms", "network_ms", "server_ms", "decode_ms")
+
+
+def _breakdown(predicted: Any, samples: list[tuple[float, Any]]) -> dict[str, dict[str, float]]:
+    """A split's median measured time per part, and the plan's prediction of each part
+    (the network: transfer, RTT, the call's cost and the return; the server: decoding
+    and the tail)."""
+    measured = {k: statistics.median(r.timing[k] for _, r in samples) for k in PARTS}
+    if predicted is None:
+        return {"measured": measured}
+    p = predicted
+    return {
+        "measured": measured,
+        "predicted": {
+            "head_ms": p.edge_ms,
+            "encode_ms": p.encode_ms,
+            "network_ms": p.transfer_ms + p.rtt_ms + p.call_ms + p.return_ms,
+            "server_ms": p.decode_ms + p.cloud_ms,  # the cut tensors decoded, the tail
+            "decode_ms": 0.0,  # the answer's decoding here: not priced (outputs are raw)
+        },
     }
 
 

@@ -183,15 +183,21 @@ class SlowDevice:
     took ``elapsed``, it sleeps ``factor - 1`` times the fastest run of the same work
     (``key``) seen so far: the device's compute is ``factor`` times this machine's,
     and a momentary delay of this shared machine is added once, not ``factor`` times.
-    The first run of a key is repeated three times at once, unreported, and the
-    fastest kept: a run after a sleep finds this machine's caches cold (on this VM, memory
-    left alone for 0.1 s is slower to read again), and without a warm run every
-    sleep would inflate the fastest run, and with it the device, by a different
-    amount for each caller. Thread-safe."""
+
+    The fastest run is measured warm: a run after a sleep finds this machine's caches
+    cold (on this VM, memory left alone for 0.1 s is slower to read again), and without
+    warm runs every sleep would inflate the device by a different amount for each
+    caller. The first run of a key is repeated three times at once, unreported; the
+    next CALIBRATIONS runs are each repeated once more inside their own sleep, where it
+    fits, so that one busy moment of this machine during the first calibration does not
+    make that work slower for good. Thread-safe."""
+
+    CALIBRATIONS = 4
 
     def __init__(self, factor: float) -> None:
         self.factor = factor
         self._fastest: dict[object, float] = {}
+        self._runs: dict[object, int] = {}
         self._lock = threading.Lock()
 
     def run(self, key: object, call: Callable[..., T], *args: Any) -> tuple[T, float]:
@@ -202,19 +208,29 @@ class SlowDevice:
         if self.factor <= 1:
             return result, elapsed * 1000
         with self._lock:
-            known = self._fastest.get(key)
-        if known is None:  # calibrate on warm caches: the fastest of three more runs
-            known = math.inf
+            known = self._fastest.get(key, math.inf)
+            runs = self._runs.get(key, 0)
+            self._runs[key] = runs + 1
+        if runs == 0:  # calibrate on warm caches: the fastest of three more runs
             for _ in range(3):
-                again = time.perf_counter()
-                call(*args)
-                known = min(known, time.perf_counter() - again)
+                known = min(known, _timed(call, args))
+        elif runs <= self.CALIBRATIONS and 2 * known <= (self.factor - 1) * known:
+            known = min(known, _timed(call, args))  # warm, within this run's own sleep
         with self._lock:
             fastest = min(self._fastest.get(key, math.inf), known, elapsed)
             self._fastest[key] = fastest
         extra = fastest * (self.factor - 1)
-        time.sleep(extra)
+        if runs == 0:
+            time.sleep(extra)
+        else:  # the sleep less what the warm run took of it
+            time.sleep(max(0.0, start + elapsed + extra - time.perf_counter()))
         return result, (elapsed + extra) * 1000
+
+
+def _timed(call: Callable[..., Any], args: tuple[Any, ...]) -> float:
+    start = time.perf_counter()
+    call(*args)
+    return time.perf_counter() - start
 
 
 class CutRunner:
