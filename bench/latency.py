@@ -146,9 +146,8 @@ def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[s
 
     edge_ms = _median_ms(edge_only, requests * 2)
     # The device's profile: this machine's, scaled to the device's measured full-model
-    # time. Runs between sleeps are colder than back-to-back profiling runs, so the
-    # factor comes out above the slowdown (measured, not assumed).
-    edge = cloud.emulating("edge", edge_ms / cloud.full_ms.median_ms)
+    # time (measured, not assumed from the slowdown).
+    edge = cloud.scaled_to("edge", edge_ms)
     planner = Planner(graph, edge, cloud)
     plan = sweep(planner, LOSSLESS)
     ids = list(dict.fromkeys([c["id"] for c in plan.cuts] + ["cloud"]))  # cloud: for cloud-only

@@ -509,8 +509,8 @@ def measure_model(
     edge_ms = statistics.median(
         device.run("full model", run_session, local, one)[1] for _ in range(5)
     )
-    factor = edge_ms / cloud.full_ms.median_ms
-    planner = Planner(graph, cloud.emulating("edge", factor), cloud)
+    planner = Planner(graph, cloud.scaled_to("edge", edge_ms), cloud)
+    factor = edge_ms / cloud.full_ms.median_ms  # the peers' device: this machine, scaled
     uplinks, rtts = (QUICK_UPLINKS, QUICK_RTTS) if quick else (UPLINKS, RTTS)
     plan = sweep(planner, LOSSLESS, uplinks_mbit=uplinks, rtts_ms=rtts)
     # the peers' inputs: DADS's per-node times, Neurosurgeon's per-type predictors,

@@ -94,7 +94,7 @@ def measure(
         sequence = [{name: f} for f in frames[kind][:16]]
         cloud = profile_model(graph, sample, options, progress=False, frames=sequence)
         profiles[kind] = cloud
-        edge = cloud.emulating("edge", device_ms / cloud.full_ms.median_ms)
+        edge = cloud.scaled_to("edge", device_ms)
         planners[kind] = Planner(graph, edge, cloud)
     cut_ids: list[str] = []
     for planner in planners.values():

@@ -272,7 +272,8 @@ class Planner:
         """A measured cut priced with one codec; None when the codec cannot carry it."""
         edge, cloud = self.edge.cut(cut_id), self.cloud.cut(cut_id)
         if cut_id == EDGE_ONLY:
-            full, workers = self.edge.full_ms.median_ms, self.cloud_workers
+            full = self.edge.full_ms.median_ms + self.edge.cold_ms
+            workers = self.cloud_workers
             local = Prediction(cut_id, "-", (), full, 0, 0, 0, 0, 0, 0, 0.0, cloud_workers=workers)
             return self._priced(local, link)
         up, down = edge.codecs.get(label), cloud.codecs.get(label)
@@ -286,11 +287,11 @@ class Planner:
             cut=cut_id,
             codec=label,
             tensors=edge.tensors,
-            edge_ms=0.0 if edge.head_ms is None else edge.head_ms.median_ms,
+            edge_ms=0.0 if edge.head_ms is None else edge.head_ms.median_ms + self.edge.cold_ms,
             encode_ms=up.encode_ms,
             transfer_ms=link.up_ms(up.bytes),
             rtt_ms=link.rtt_ms,
-            cloud_ms=0.0 if cloud.tail_ms is None else cloud.tail_ms.median_ms,
+            cloud_ms=0.0 if cloud.tail_ms is None else cloud.tail_ms.median_ms + self.cloud.cold_ms,
             decode_ms=down.decode_ms,
             return_ms=link.down_ms(cloud.output_bytes),
             bytes=up.bytes,
@@ -431,7 +432,8 @@ class Planner:
             [power.idle_w * t for t in stages.cloud],
             send,
             {o: down_w * t for o, t in stages.receive.items()},
-            power.idle_w * (link.rtt_ms + self.call_cost(link, 0)),
+            power.idle_w * (link.rtt_ms + self.call_cost(link, 0) + self.cloud.cold_ms)
+            + power.compute_w * self.edge.cold_ms,
         )
 
     def _check_power(self, objective: Objective, constraints: Constraints) -> None:
@@ -456,7 +458,9 @@ class Planner:
             name: stages.encode[name] + transfer + stages.decode[name] + each
             for name, transfer in stages.transfer.items()
         }
-        rtt = link.rtt_ms + self.call_cost(link, 0)  # paid once, like the round trip
+        # paid once, like the round trip: the call, and each side's run after idling (the
+        # min-cut's heads all run on both sides)
+        rtt = link.rtt_ms + self.call_cost(link, 0) + self.edge.cold_ms + self.cloud.cold_ms
         return CutCosts(stages.edge, stages.cloud, send, stages.receive, rtt)
 
     def stage_costs(self, link: Link, label: str, constraints: Constraints) -> StageCosts:
@@ -488,9 +492,10 @@ class Planner:
         return float(size or 0) * self.edge.batch
 
     def _additive_prediction(self, cut: Cut, label: str, link: Link) -> Prediction:
-        head = cut.head
-        edge = sum(self.edge_nodes[i] for i in members(head))
+        head = cut.head  # neither empty nor the whole model: both sides run
+        edge = sum(self.edge_nodes[i] for i in members(head)) + self.edge.cold_ms
         cloud = sum(self.cloud_nodes[i] for i in members(self.graph.all_mask & ~head))
+        cloud += self.cloud.cold_ms
         parts = [self.edge.tensors[t][label] for t in cut.tensor_names]
         downs = [self.cloud.tensors[t][label] for t in cut.tensor_names]
         out = sum(self._output_bytes(o) for o in cut.tail_outputs)

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -62,6 +63,8 @@ DELTA_CODECS = (
     CodecSpec(codec=Codec.DELTA_INT8_ZSTD, level=1),
 )
 FRAMES_GENERATED = 16
+COLD_GAP_S = 0.05  # a request's idle gap; the cold cost no longer grows past it here
+COLD_RUNS = 5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,12 +137,22 @@ class Profile:
     # a split call's own cost on loopback (partitioner.calls): fixed, and per tensor
     call_ms: float = 0.0
     tensor_ms: float = 0.0
+    # what a run costs beyond a warm one when this machine idled before it (its caches
+    # gone cold), as a request's run does between requests: paid once per run, on
+    # either side; not scaled by ``slowdown`` (an emulated device adds it once)
+    cold_ms: float = 0.0
 
     def cut(self, cut_id: str) -> CutProfile:
         for cut in self.cuts:
             if cut.id == cut_id:
                 return cut
         raise ProfileError(f"the {self.device} profile has no cut {cut_id!r}")
+
+    def scaled_to(self, device: str, full_ms: float) -> Profile:
+        """This profile as the emulated device whose full-model run, measured between
+        requests, takes ``full_ms`` would measure it: the slowdown is what remains of
+        that run beyond this machine's cold cost, which the device pays once."""
+        return self.emulating(device, max(full_ms - self.cold_ms, 0.0) / self.full_ms.median_ms)
 
     def emulating(self, device: str, slowdown: float) -> Profile:
         """This profile as a device ``slowdown`` times slower would measure it."""
@@ -362,6 +375,7 @@ def profile_model(
         )
         full = make_session(Path(tmp) / manifest.full, session_options)
         full_ms = _time_session(full, batches[0], options)
+        cold_ms = _cold_ms(full, batches[0], full_ms)
         if bar:
             bar.step("full model")
         tensor_costs = _tensor_codec_costs(activations, names, options)
@@ -402,7 +416,22 @@ def profile_model(
         },
         call_ms=call_ms,
         tensor_ms=tensor_ms,
+        cold_ms=cold_ms,
     )
+
+
+def _cold_ms(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], warm: Timing) -> float:
+    """What a run after COLD_GAP_S of idling costs beyond a warm run (the median of
+    COLD_RUNS such runs): memory left alone is slower to read again. Measured on the
+    full model and paid as a constant by every run, head or tail (on this machine it
+    varies little with the size of the run)."""
+    times = []
+    for _ in range(COLD_RUNS):
+        time.sleep(COLD_GAP_S)
+        start = time.perf_counter()
+        run_session(session, feeds)
+        times.append((time.perf_counter() - start) * 1000)
+    return max(0.0, statistics.median(times) - warm.median_ms)
 
 
 def _machine() -> dict[str, Any]:
@@ -689,6 +718,7 @@ def _profile_from_json(raw: dict[str, Any]) -> Profile:
         },
         call_ms=float(raw.get("call_ms", 0.0)),  # older profiles: not measured
         tensor_ms=float(raw.get("tensor_ms", 0.0)),
+        cold_ms=float(raw.get("cold_ms", 0.0)),
     )
 
 
@@ -708,6 +738,7 @@ def _check_numbers(profile: Profile, path: Path) -> None:
         raise ProfileError(f"{path}: cut ids appear twice")
     check(profile.full_ms.median_ms, "full_ms.median_ms")
     check(profile.full_ms.p90_ms, "full_ms.p90_ms")
+    check(profile.cold_ms, "cold_ms")
     for cut in profile.cuts:
         for side, timing in (("head_ms", cut.head_ms), ("tail_ms", cut.tail_ms)):
             if timing is not None:

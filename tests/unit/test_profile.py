@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,6 +60,22 @@ def test_slowdown_dilates_every_time(chain, profile):
     assert slow.full_ms.median_ms > 10 * profile.full_ms.median_ms / 2  # per sample, x50
 
 
+def test_a_run_after_idling_is_measured_and_an_emulated_device_pays_it_once(chain, profile):
+    """The profile measures what a run costs beyond a warm one after the machine idled
+    (runs between requests do); a device emulated from its full-model time between
+    requests is scaled by what remains of that time beyond it."""
+    assert math.isfinite(profile.cold_ms) and profile.cold_ms >= 0
+    cold = replace(profile, cold_ms=2.0)
+    full = cold.full_ms.median_ms
+    device = cold.scaled_to("edge", 2.0 + 8 * full)  # 8x this machine, plus one cold run
+    assert device.slowdown == pytest.approx(8.0) and device.cold_ms == 2.0
+    assert device.full_ms.median_ms == pytest.approx(8 * full)
+    head = next(c for c in cold.cuts if c.head_ms is not None and c.tail_ms is not None)
+    scaled = device.cut(head.id).head_ms
+    assert head.head_ms is not None and scaled is not None
+    assert scaled.median_ms == pytest.approx(8 * head.head_ms.median_ms)
+
+
 def test_a_profile_round_trips_through_json(chain, profile, tmp_path):
     path = tmp_path / "p.json"
     profile.save(path)
@@ -91,6 +108,7 @@ def test_a_profile_of_another_model_is_refused(profile, tmp_path):
         (lambda raw: raw.update(kind="something"), "not a splitinfer profile"),
         (lambda raw: raw.pop("cuts"), "malformed profile"),
         (lambda raw: raw.update(slowdown=0), "must be a positive number"),
+        (lambda raw: raw.update(cold_ms=-1.0), "cold_ms is -1.0"),
     ],
 )
 def test_impossible_or_malformed_profiles_are_refused(profile, tmp_path, change, message):
