@@ -20,7 +20,11 @@ of one request per strategy:
 * planned: the planner's (cut, codec) for the true link, as a static split;
 * adaptive: EdgeRuntime started from default estimates (10 Mbit/s, 40 ms),
   measured after a few warm-up requests;
-* oracle: every cut of the plan (and edge-only) measured, the best kept.
+* Neurosurgeon and DADS (bench.peers; ``--no-peers`` leaves them out): each
+  peer's planner fed with its own inputs measured here (Neurosurgeon's per-layer-
+  type regressions, DADS's per-node times), its cut sent raw as the peer does;
+* oracle: every cut served (the plan's and the peers') and every route measured,
+  the best kept.
 
 The planner prices what a split call itself costs (partitioner.calls): measured
 once per RTT through the link emulator against the same server, with two trivial
@@ -50,14 +54,16 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.peers import LayerPredictors, PeerChoice, peer_cuts, peer_decisions
 from bench.processes import machine, start_server, stop
 from partitioner.calls import measure_call_cost, write_call_models
+from partitioner.cuts import cut_by_id
 from partitioner.graph import ModelGraph
 from partitioner.plan import Constraints, Link, Planner, sweep
 from partitioner.profile import ProfileOptions, calibration_feeds, profile_model
@@ -79,11 +85,19 @@ LOSSLESS = Constraints(codecs=frozenset({"raw", "zstd"}))
 MISSED = float("nan")  # a strategy that could not answer within its timeout
 WARM_UP_S = 1.0  # the adaptive runtime's time to learn the link (its prober runs every 0.2 s)
 RADIOS = ("lte", "3g", "wifi")
+PEERS = {"neurosurgeon": "Neurosurgeon", "dads": "DADS"}  # the peers' planners (bench.peers)
 
 
 def build_model(name: str, directory: Path) -> Path:
     """The model file for ``name`` (exported with torch, or built in code for ``tiny``)."""
     path = directory / f"{name}.onnx"
+    if name.startswith("light_"):  # a graph of the onnx package's model zoo (test models)
+        import onnx
+
+        zoo_path = Path(onnx.__file__).parent / "backend/test/data/light" / f"{name}.onnx"
+        if not zoo_path.exists():
+            raise SystemExit(f"no model {name!r} in the onnx package's light test models")
+        return zoo_path
     if name == "tiny":
         import onnx
 
@@ -118,7 +132,17 @@ def _median_ms(call: Callable[[], Any], count: int) -> float:
     return statistics.median(times)
 
 
-def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[str, Any]:
+def measure_model(
+    name: str,
+    work: Path,
+    slowdown: float,
+    quick: bool,
+    layers: LayerPredictors | None = None,
+    links: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> dict[str, Any]:
+    """Every strategy on every link (``links``: uplinks in Mbit/s and RTTs in ms) for
+    one model; with ``layers`` (Neurosurgeon's fitted predictors), the peers' cuts
+    too."""
     began = time.perf_counter()
     model = build_model(name, work)
     graph = ModelGraph.load(model)
@@ -136,7 +160,7 @@ def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[s
         codecs=(CodecSpec.parse("raw"), CodecSpec.parse("zstd", level=1)),  # lossless plans
     )
     cloud = profile_model(graph, feeds, options, progress=False, calls=True)
-    uplinks, rtts = (QUICK_UPLINKS, QUICK_RTTS) if quick else (UPLINKS, RTTS)
+    uplinks, rtts = links or ((QUICK_UPLINKS, QUICK_RTTS) if quick else (UPLINKS, RTTS))
     requests = 3 if quick else 5
     local = make_session(model)
     device = SlowDevice(slowdown)  # the emulated device: every strategy computes on it
@@ -150,7 +174,18 @@ def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[s
     edge = cloud.scaled_to("edge", edge_ms)
     planner = Planner(graph, edge, cloud)
     plan = sweep(planner, LOSSLESS)
-    ids = list(dict.fromkeys([c["id"] for c in plan.cuts] + ["cloud"]))  # cloud: for cloud-only
+    # the peers' decisions per uplink (they know no RTT), on the same measured device
+    peers = (
+        peer_decisions(graph, layers, edge_ms / cloud.full_ms.median_ms, uplinks, quick)
+        if layers is not None
+        else {}
+    )
+    peer_ids = {up: peer_cuts(graph, peers, up) for up in uplinks}
+    ids = [c["id"] for c in plan.cuts] + [i for per in peer_ids.values() for i in per.values()]
+    ids = list(dict.fromkeys([*ids, "cloud"]))  # cloud: for cloud-only
+    for cut_id in ids:
+        if cut_id not in planner.cuts:  # a peer's
+            planner.cuts[cut_id] = cut_by_id(graph, cut_id)
     artifacts = work / f"{name}-artifacts"
     write_artifacts(graph, [planner.cuts[i] for i in ids], artifacts, plan=plan.to_json())
     print(f"  exported, profiled, planned and split in {time.perf_counter() - began:.0f} s")
@@ -182,6 +217,11 @@ def measure_model(name: str, work: Path, slowdown: float, quick: bool) -> dict[s
                             device,
                             requests,
                             calls,
+                            {
+                                peer: (c[up] if isinstance(c, dict) else c)
+                                for peer, c in peers.items()
+                            },
+                            peer_ids[up],
                         )
                     )
                     print(f"  {name} {up:>5} Mbit/s {rtt:>3} ms: " + _row(points[-1]), flush=True)
@@ -210,6 +250,8 @@ def _point(
     device: SlowDevice,
     requests: int,
     calls: tuple[float, float] = (0.0, 0.0),
+    peers: dict[str, PeerChoice | str] | None = None,
+    peer_ids: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Every strategy on one link, measured in rounds: each round times one request
     of every strategy in turn, so that a slow moment of this shared machine weighs
@@ -257,6 +299,13 @@ def _point(
         if route not in routes.values():
             strategies[f"energy:{radio}"] = static(best.cut, best.codec)
             routes[f"energy:{radio}"] = route
+    # each peer's cut as the peer sends it (raw), measured once with any equal route
+    peer_ids = peer_ids or {}
+    for peer, cut in peer_ids.items():
+        route = (cut, "-" if cut == "edge" else "raw")
+        if route not in routes.values():
+            strategies[f"peer:{peer}"] = static(cut, "raw")
+            routes[f"peer:{peer}"] = route
     planned = min((p for p in choice.candidates if p.cut in plan_cuts), key=lambda p: p.total_ms)
     options = EdgeOptions(deadline_ms=max(1000.0, 4 * edge_ms), slowdown=device.factor)
     with EdgeRuntime(artifacts, SplitClient(target), options) as runtime:
@@ -270,12 +319,14 @@ def _point(
         cuts: dict[str, int] = runtime.stats()["cuts"]  # type: ignore[assignment]
         adaptive_cut = max(cuts.items(), key=lambda kv: kv[1])[0]
     adaptive_ms = times.pop("adaptive")
-    energy = _energies(samples, routes, choice.candidates, link, energy_plans)
+    # every route measured, by cut (with the codec when it is not the cut's best here)
+    labels = {k: k if k in served or k == "edge" else " ".join(routes[k]) for k in routes}
+    energy = _energies(samples, routes, choice.candidates, link, energy_plans, labels)
     by_route = {(p.cut, p.codec): p for p in choice.candidates}
-    oracle = {k: v for k, v in times.items() if not k.startswith("energy:")}
+    oracle = {labels[k]: v for k, v in times.items()}
     cloud_ms, planned_ms = oracle["cloud"], oracle[planned.cut]
-    best_cut = min(oracle, key=lambda c: oracle[c] if not math.isnan(oracle[c]) else math.inf)
-    return {
+    fastest = min(times, key=lambda k: times[k] if not math.isnan(times[k]) else math.inf)
+    point: dict[str, Any] = {
         "uplink_mbit": up,
         "rtt_ms": rtt,
         "edge_only_ms": oracle["edge"],
@@ -286,8 +337,8 @@ def _point(
         "predicted_ms": planned.total_ms,
         "adaptive_ms": adaptive_ms,
         "adaptive_cut": adaptive_cut,
-        "oracle_ms": oracle[best_cut],
-        "oracle_cut": best_cut,
+        "oracle_ms": times[fastest],
+        "oracle_cut": routes[fastest][0],
         "measured_cuts": oracle,
         "candidates": len(choice.candidates),
         "call_ms": calls[0],
@@ -299,7 +350,21 @@ def _point(
             for name in routes
             if name != "edge" and samples[name]
         },
+        "peers": {},
     }
+    for peer, decided in (peers or {}).items():
+        if isinstance(decided, str):
+            point["peers"][peer] = {"error": decided}
+            continue
+        cut = peer_ids[peer]
+        name = next(k for k, v in routes.items() if v == (cut, "-" if cut == "edge" else "raw"))
+        # the peer's own prediction (it prices no round trip) beside the measurement
+        point["peers"][peer] = {
+            "cut": cut,
+            "measured_ms": times[name],
+            "predicted_ms": decided.predicted_ms,
+        }
+    return point
 
 
 PARTS = ("head_ms", "encode_ms", "network_ms", "server_ms", "decode_ms")
@@ -331,32 +396,35 @@ def _energies(
     candidates: Any,
     link: Link,
     plans: dict[str, Any],
+    labels: dict[str, str],
 ) -> dict[str, dict[str, Any]]:
     """Per radio preset, each measured strategy's median device energy (mJ) estimated
-    from its requests' measured times, and the energy plan against the best of them."""
+    from its requests' measured times (the plan's strategies: the bytes a peer's cut
+    sends are priced only where the plan priced that cut), and the energy plan
+    against the best of them."""
     priced = {(p.cut, p.codec): p for p in candidates}
+    ours = {name: route for name, route in routes.items() if not name.startswith("peer:")}
     result = {}
     for radio in RADIOS:
         power = preset(radio)
         spent = {}
-        for name, route in routes.items():
+        for name, route in ours.items():
             values = [
                 _spent(power, elapsed, r, priced.get(route), link) for elapsed, r in samples[name]
             ]
             spent[name] = statistics.median(values) if values else MISSED
-        cuts = {k: v for k, v in spent.items() if not k.startswith("energy:")}
-        best = min(cuts, key=lambda k: cuts[k] if math.isfinite(cuts[k]) else math.inf)
+        best = min(spent, key=lambda k: spent[k] if math.isfinite(spent[k]) else math.inf)
         plan = plans[radio]
-        name = next(k for k, v in routes.items() if v == (plan.cut, plan.codec))
+        name = next(k for k, v in ours.items() if v == (plan.cut, plan.codec))
         result[radio] = {
             "edge_only_mj": spent["edge"],
             "cloud_only_mj": spent.get("cloud", MISSED),
             "energy_plan_mj": spent[name],
             "energy_plan_cut": plan.cut,
             "predicted_mj": plan.energy_mj,
-            "oracle_mj": cuts[best],
-            "oracle_cut": best,
-            "measured": cuts,
+            "oracle_mj": spent[best],
+            "oracle_cut": ours[best][0],
+            "measured": {labels[k]: v for k, v in spent.items()},
         }
     return result
 
@@ -447,7 +515,30 @@ def headline(models: list[dict[str, Any]]) -> dict[str, Any]:
         "adaptive_over_oracle_median": statistics.median(ratio("adaptive_ms", "oracle_ms"))
         if points
         else math.nan,
+        "peers": _peer_headline(points, gmean),
     }
+
+
+def _peer_headline(
+    points: list[dict[str, Any]], gmean: Callable[[list[float]], float]
+) -> dict[str, dict[str, float]]:
+    """Per peer, over the points where it could plan: the planned cut's geometric-mean
+    speed-up over the peer's measured cut, and the worst planned / peer."""
+    result = {}
+    for peer in PEERS:
+        pairs = [
+            (p["peers"][peer]["measured_ms"], p["planned_ms"])
+            for p in points
+            if "measured_ms" in p.get("peers", {}).get(peer, {})
+        ]
+        pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+        if pairs:
+            result[peer] = {
+                "points": len(pairs),
+                "speedup_geomean": gmean([a / b for a, b in pairs]),
+                "planned_over_peer_max": max(b / a for a, b in pairs),
+            }
+    return result
 
 
 def _energy_headline(
@@ -494,16 +585,23 @@ def markdown(results: dict[str, Any]) -> str:
             f"{100 * e['saving_vs_cloud_geomean']:.1f}% vs cloud-only"
             for radio, e in h["energy"].items()
         ),
+        *(
+            f"- against {PEERS[peer]} (its cut, measured, at {e['points']} points): "
+            f"planned is {e['speedup_geomean']:.2f}x faster (geometric mean); "
+            f"worst planned / {PEERS[peer]}: {e['planned_over_peer_max']:.2f}"
+            for peer, e in h.get("peers", {}).items()
+        ),
         "",
     ]
     header = "| uplink Mbit/s | RTT ms | edge-only | cloud-only | planned (cut) | adaptive (cut) |"
     for m in results["models"]:
         cuts = ", ".join(m["plan_cuts"])
+        peers = [peer for peer in PEERS if any(peer in p.get("peers", {}) for p in m["points"])]
         lines += [
-            f"**{m['model']}** ({m['nodes']} nodes; plan cuts {cuts}), ms per request:",
+            f"**{m['model']}** ({m['nodes']} nodes; cuts served {cuts}), ms per request:",
             "",
-            header + " oracle (cut) |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            header + "".join(f" {PEERS[peer]} (cut) |" for peer in peers) + " oracle (cut) |",
+            "|---:|---:|---:|---:|---:|---:|" + "---|" * len(peers) + "---:|",
         ]
         for p in m["points"]:
             cells = [
@@ -513,6 +611,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{p['cloud_only_ms']:.1f}",
                 f"{p['planned_ms']:.1f} ({p['planned_cut']})",
                 f"{p['adaptive_ms']:.1f} ({p['adaptive_cut']})",
+                *(_peer_cell(p["peers"].get(peer, {})) for peer in peers),
                 f"{p['oracle_ms']:.1f} ({p['oracle_cut']})",
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -538,6 +637,12 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _peer_cell(measured: dict[str, Any]) -> str:
+    if "measured_ms" in measured:
+        return f"{measured['measured_ms']:.1f} ({measured['cut']})"
+    return "n/a" if not measured else f"n/a ({measured['error']})"
+
+
 def plot(model: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -558,6 +663,10 @@ def plot(model: dict[str, Any], path: Path) -> None:
             ("oracle_ms", "oracle"),
         ):
             ax.plot(ups, [p[key] for p in points], marker="o", label=label)
+        for peer, name in PEERS.items():  # the peers' cuts, where they could plan
+            if all("measured_ms" in p.get("peers", {}).get(peer, {}) for p in points):
+                values = [p["peers"][peer]["measured_ms"] for p in points]
+                ax.plot(ups, values, marker="x", linestyle="--", label=name)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(f"{model['model']}, RTT {rtt} ms")
@@ -596,14 +705,23 @@ def main() -> int:
     parser.add_argument("--models", default="mobilenet_v2,resnet50,vgg16,transformer")
     parser.add_argument("--slowdown", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/latency"))
+    parser.add_argument(
+        "--no-peers", action="store_true", help="leave out Neurosurgeon's and DADS's cuts"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    layers = None
+    if not args.no_peers:
+        from bench.peers import fit_predictors, measure_layers
+
+        print("fitting Neurosurgeon's per-layer-type regressions on this machine", flush=True)
+        layers = fit_predictors(measure_layers(args.quick))
     models = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             print(f"{name}:", flush=True)
-            models.append(measure_model(name.strip(), Path(tmp), args.slowdown, args.quick))
+            models.append(measure_model(name.strip(), Path(tmp), args.slowdown, args.quick, layers))
     results = {
         "machine": machine(),
         "command": "python -m bench.latency " + " ".join(sys.argv[1:]),
@@ -612,6 +730,8 @@ def main() -> int:
         "models": models,
         "headline": headline(models),
     }
+    if layers is not None:
+        results["neurosurgeon_predictors"] = layers.coefficients
     # strict JSON: a missed measurement (NaN) is written as null
     (args.out / "latency.json").write_text(
         json.dumps(_strict(results), indent=1, allow_nan=False) + "\n"

@@ -28,7 +28,9 @@ Each peer's *planning method*, written here from its paper and its public code
   stage is fastest.
 
 Both send raw tensors. Each returns a cut our runtime runs, so it is measured by
-the same server, link emulator and emulated device as ours (StaticSplit, raw).
+the same server, link emulator and emulated device as ours (StaticSplit, raw): the
+measuring is the latency benchmark's (bench.latency.measure_model, which reports
+the peers' cuts in its own tables too), on this benchmark's models and links.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -439,82 +441,17 @@ def peer_cut_id(graph: ModelGraph, head: int) -> str:
     return cut_from_tensors(graph, graph.crossing(head), device_outputs=graph.head_outputs(head)).id
 
 
-# --------------------------------------------------------------------------- the benchmark
-
-UPLINKS = (5, 25, 100, 1000)
-RTTS = (5, 40)
-QUICK_UPLINKS = (10, 1000)
-QUICK_RTTS = (5,)
-ZOO = ("light_squeezenet", "light_inception_v1", "light_resnet50", "light_shufflenet")
-MODELS = ("mobilenet_v2", "resnet50", "vgg16", "transformer", *ZOO)
-
-
-def load_model_file(name: str, work: Any) -> Any:
-    """The latency benchmark's models, or a graph of the onnx package's model zoo
-    (its "light" test models: the architectures, weights don't matter for timing)."""
-    from pathlib import Path
-
-    from bench.latency import build_model
-
-    if name.startswith("light_"):
-        path = Path(onnx.__file__).parent / "backend/test/data/light" / f"{name}.onnx"
-        return path
-    return build_model(name, Path(work))
-
-
-def measure_model(
-    name: str, work: Any, slowdown: float, quick: bool, layers: LayerPredictors
-) -> dict[str, Any]:
-    """Every strategy on every link for one model: ours (planned, adaptive), the
-    peers' cuts, edge-only, cloud-only, and the oracle over every cut served."""
-    from pathlib import Path
-
-    from bench.latency import LOSSLESS, MISSED, WARM_UP_S, _rounds
-    from bench.processes import start_server, stop
-    from partitioner.calls import measure_call_cost, write_call_models
-    from partitioner.cuts import cut_by_id
-    from partitioner.plan import Link, Planner, sweep
-    from partitioner.profile import ProfileOptions, calibration_feeds, profile_model
-    from partitioner.split import write_artifacts
-    from runtime.codec import CodecSpec
-    from runtime.device.adaptive import EdgeOptions, EdgeRuntime
-    from runtime.device.client import SplitClient
-    from runtime.device.edge import StaticSplit
-    from runtime.device.linkem import LinkEmulator
-    from runtime.engine import SlowDevice, make_session, run_session
-    from runtime.errors import SplitInferError
-
-    began = time.perf_counter()
-    work = Path(work)
-    path = load_model_file(name, work)
-    graph = ModelGraph.load(path)
-    feeds = calibration_feeds(graph, samples=2)
-    if name == "mobilenet_v2":
-        from partitioner.samples import imagenet_photo_views
-
-        feeds = {graph.inputs[0]: imagenet_photo_views(2)}
-    one = {k: v[:1] for k, v in feeds.items()}
-    options = ProfileOptions(
-        repeats=3 if quick else 5, warmup=1, min_time_ms=0, max_tensors=1,
-        codecs=(CodecSpec.parse("raw"), CodecSpec.parse("zstd", level=1)),
-    )  # fmt: skip
-    cloud = profile_model(graph, feeds, options, progress=False, calls=True)
-    local = make_session(path)
-    device = SlowDevice(slowdown)
-
-    def edge_only() -> None:
-        device.run("full model", run_session, local, one)
-
-    edge_only()
-    edge_ms = statistics.median(
-        device.run("full model", run_session, local, one)[1] for _ in range(5)
-    )
-    planner = Planner(graph, cloud.scaled_to("edge", edge_ms), cloud)
-    factor = edge_ms / cloud.full_ms.median_ms  # the peers' device: this machine, scaled
-    uplinks, rtts = (QUICK_UPLINKS, QUICK_RTTS) if quick else (UPLINKS, RTTS)
-    plan = sweep(planner, LOSSLESS, uplinks_mbit=uplinks, rtts_ms=rtts)
-    # the peers' inputs: DADS's per-node times, Neurosurgeon's per-type predictors,
-    # each side as measured here (the device: this machine, factor times slower)
+def peer_decisions(
+    graph: ModelGraph,
+    layers: LayerPredictors,
+    factor: float,
+    uplinks: Sequence[float],
+    quick: bool = False,
+) -> dict[str, dict[float, PeerChoice] | str]:
+    """Each peer's decision per uplink (Mbit/s), from its own inputs measured here: DADS's
+    per-node times, Neurosurgeon's per-type predictors (``layers``, fitted here); the
+    device is this machine ``factor`` times slower. A peer that cannot plan the model
+    gets the reason instead."""
     node_cloud = node_times(graph, 3 if quick else 5)
     node_edge = [t * factor for t in node_cloud]
     peers: dict[str, dict[float, PeerChoice] | str] = {}
@@ -526,111 +463,26 @@ def measure_model(
     except Unsupported as exc:
         peers["neurosurgeon"] = f"cannot plan it: {exc}"
     peers["dads"] = {up: dads_choice(graph, node_edge, node_cloud, up * 1e6) for up in uplinks}
-    peer_ids = {
-        up: {
-            peer: peer_cut_id(graph, c[up].head) for peer, c in peers.items() if isinstance(c, dict)
-        }
-        for up in uplinks
+    return peers
+
+
+def peer_cuts(
+    graph: ModelGraph, peers: dict[str, dict[float, PeerChoice] | str], uplink: float
+) -> dict[str, str]:
+    """Our id of each peer's cut at ``uplink``, for the peers that could plan."""
+    return {
+        peer: peer_cut_id(graph, c[uplink].head) for peer, c in peers.items() if isinstance(c, dict)
     }
-    ids = [c["id"] for c in plan.cuts]
-    ids += [i for per in peer_ids.values() for i in per.values()] + ["cloud"]
-    ids = list(dict.fromkeys(ids))
-    for cut_id in ids:
-        if cut_id not in planner.cuts:
-            planner.cuts[cut_id] = cut_by_id(graph, cut_id)
-    artifacts = work / f"{name}-artifacts"
-    served = [planner.cuts[i] for i in ids if i != "edge"]
-    write_artifacts(graph, served, artifacts, plan=plan.to_json())
-    print(f"  {name}: profiled, peers planned, split in {time.perf_counter() - began:.0f} s")
-    server, port = start_server([artifacts, *write_call_models(work / f"{name}-calls")])
-    points = []
-    requests = 3 if quick else 5
-    timeout = max(10.0, 4 * edge_ms / 1000)
-    try:
-        with LinkEmulator("127.0.0.1", port) as link, SplitClient(link.address) as client:
-            client.wait_ready(10)
-            for rtt in rtts:
-                link.set(up_bps=1e9, down_bps=1e9, delay_ms=rtt / 2)
-                calls = measure_call_cost(link.address, rtt_ms=rtt, repeats=10)
-                for up in uplinks:
-                    link.set(up_bps=up * 1e6, down_bps=up * 1e6, delay_ms=rtt / 2)
-                    where = Link(up * 1e6, rtt, call_ms=calls[0], tensor_ms=calls[1])
-                    choice = planner.choose(where, LOSSLESS)
-                    priced = {}
-                    for p in sorted(choice.candidates, key=lambda p: -p.total_ms):
-                        priced[p.cut] = p  # each cut with its fastest codec
-                    planned = min(
-                        (p for p in choice.candidates if p.cut in ids), key=lambda p: p.total_ms
-                    )
 
-                    def static(cut: str, codec: str) -> Callable[[], Any]:
-                        split = StaticSplit(
-                            artifacts, client, cut=cut, codec=CodecSpec.parse(codec),
-                            timeout=timeout, device=device,
-                        )  # fmt: skip
-                        return lambda: split.infer(one)
 
-                    # one strategy per (cut, codec): a peer that decides as we do is
-                    # measured by the same requests, not by a second median of them
-                    strategies: dict[str, Callable[[], Any]] = {"edge": edge_only}
-                    routes = {("edge", "-"): "edge"}
-                    for cut_id in ids:
-                        if cut_id != "edge":
-                            codec = priced[cut_id].codec if cut_id in priced else "raw"
-                            strategies[cut_id] = static(cut_id, codec)
-                            routes[(cut_id, codec)] = cut_id
-                    measured_as = {}
-                    for peer, cut_id in peer_ids[up].items():
-                        route = (cut_id, "-" if cut_id == "edge" else "raw")
-                        if route not in routes:
-                            strategies[peer] = static(cut_id, "raw")
-                            routes[route] = peer
-                        measured_as[peer] = routes[route]
-                    options_ = EdgeOptions(deadline_ms=max(1000.0, 4 * edge_ms), slowdown=slowdown)
-                    with EdgeRuntime(artifacts, SplitClient(link.address), options_) as runtime:
-                        warm_until = time.monotonic() + WARM_UP_S
-                        count = 0
-                        while count < 3 or time.monotonic() < warm_until:
-                            try:
-                                runtime.infer(one)
-                            except SplitInferError:
-                                break
-                            count += 1
-                        strategies["adaptive"] = lambda: runtime.infer(one)
-                        times, _ = _rounds(strategies, requests)
-                    oracle = {c: times[c] for c in ids if not math.isnan(times[c])}
-                    best = min(oracle, key=oracle.__getitem__)
-                    point: dict[str, Any] = {
-                        "uplink_mbit": up,
-                        "rtt_ms": rtt,
-                        "call_ms": calls[0],
-                        "planned_cut": planned.cut,
-                        "planned_codec": planned.codec,
-                        "planned_ms": times[planned.cut],
-                        "predicted_ms": planned.total_ms,
-                        "adaptive_ms": times["adaptive"],
-                        "oracle_ms": oracle[best],
-                        "oracle_cut": best,
-                        "edge_only_ms": times["edge"],
-                        "cloud_only_ms": times.get("cloud", MISSED),
-                        "peers": {},
-                    }
-                    for peer, decided in peers.items():
-                        if not isinstance(decided, dict):
-                            point["peers"][peer] = {"error": decided}
-                            continue
-                        # the peer's own prediction has no round trip: its error is
-                        # against the measurement as it stands
-                        point["peers"][peer] = {
-                            "cut": peer_ids[up][peer],
-                            "measured_ms": times[measured_as[peer]],
-                            "predicted_ms": decided[up].predicted_ms,
-                        }
-                    points.append(point)
-                    print(f"  {name} {up:>5} Mbit/s {rtt:>3} ms: {_row(point)}", flush=True)
-    finally:
-        stop(server)
-    return {"model": name, "nodes": len(graph.nodes), "cuts": ids, "points": points}
+# --------------------------------------------------------------------------- the benchmark
+
+UPLINKS = (5, 25, 100, 1000)
+RTTS = (5, 40)
+QUICK_UPLINKS = (10, 1000)
+QUICK_RTTS = (5,)
+ZOO = ("light_squeezenet", "light_inception_v1", "light_resnet50", "light_shufflenet")
+MODELS = ("mobilenet_v2", "resnet50", "vgg16", "transformer", *ZOO)
 
 
 def _row(point: dict[str, Any]) -> str:
@@ -774,7 +626,7 @@ def main() -> int:
     import tempfile
     from pathlib import Path
 
-    from bench.latency import _strict
+    from bench.latency import _strict, measure_model
     from bench.processes import machine
 
     parser = argparse.ArgumentParser(description="the peers' planners, measured beside ours")
@@ -790,8 +642,11 @@ def main() -> int:
     layers = fit_predictors(measure_layers(args.quick))
     models = []
     with tempfile.TemporaryDirectory() as tmp:
+        links = (QUICK_UPLINKS, QUICK_RTTS) if args.quick else (UPLINKS, RTTS)
         for name in names:
-            models.append(measure_model(name.strip(), tmp, args.slowdown, args.quick, layers))
+            print(f"{name}:", flush=True)
+            model = measure_model(name.strip(), Path(tmp), args.slowdown, args.quick, layers, links)
+            models.append(model)
     results = {
         "machine": machine(),
         "command": "python -m bench.peers " + " ".join(sys.argv[1:]),

@@ -20,7 +20,10 @@ frames, its first frames (the pipeline filling, the first key frame) left out:
 * sequential: ``infer()`` at the planned cut, one frame after another;
 * stream: ``stream()`` at the planned cut, zstd, no delta;
 * stream+delta: ``stream()`` at the planned cut, delta+zstd;
-* oracle: ``stream()`` with delta at every cut of the plan, the best kept.
+* DADS heavy-load: ``stream()`` at the cut DADS's heavy-load planner (DSH, bench.peers)
+  chooses from its per-node times measured here, raw tensors as DADS sends them;
+* oracle: ``stream()`` with delta at every cut served (the plans' and DADS's), the
+  best kept.
 
 Reported: frames per second, p50/p99 frame latency, uplink bytes per frame
 (payloads), and per cut the bytes of delta+zstd and delta+int8+zstd against
@@ -45,7 +48,9 @@ from typing import Any
 import numpy as np
 
 from bench.latency import _strict, build_model
+from bench.peers import dads_heavy_choice, node_times, peer_cut_id
 from bench.processes import machine, start_server, stop
+from partitioner.cuts import cut_by_id
 from partitioner.graph import ModelGraph
 from partitioner.plan import Constraints, Link, Planner, sweep
 from partitioner.profile import Profile, ProfileOptions, profile_model
@@ -96,7 +101,16 @@ def measure(
         profiles[kind] = cloud
         edge = cloud.scaled_to("edge", device_ms)
         planners[kind] = Planner(graph, edge, cloud)
-    cut_ids: list[str] = []
+    # DADS heavy-load: its cut per uplink, from its per-node times on this machine and
+    # the device measured as it is (it knows no RTT and no codec)
+    node_cloud = node_times(graph, 3 if quick else 5)
+    factor = device_ms / profiles["still"].full_ms.median_ms
+    node_edge = [t * factor for t in node_cloud]
+    dsh = {
+        up: peer_cut_id(graph, dads_heavy_choice(graph, node_edge, node_cloud, up * 1e6).head)
+        for up in UPLINKS
+    }
+    cut_ids: list[str] = list(dsh.values())
     for planner in planners.values():
         for plan in (
             sweep(planner, STREAM, uplinks_mbit=UPLINKS, rtts_ms=RTTS, objective="throughput"),
@@ -104,6 +118,10 @@ def measure(
         ):
             cut_ids += [c["id"] for c in plan.cuts]
     ids = list(dict.fromkeys([*cut_ids, "cloud"]))
+    for planner in planners.values():
+        for cut_id in ids:
+            if cut_id not in planner.cuts:  # a peer's
+                planner.cuts[cut_id] = cut_by_id(graph, cut_id)
     artifacts = work / "artifacts"
     served = [planners["still"].cuts[i] for i in ids if i != "edge"]
     write_artifacts(graph, served, artifacts)
@@ -122,7 +140,7 @@ def measure(
                         seq = [{name: f} for f in frames[kind][:count]]
                         point = _point(
                             planners[kind], [c.id for c in served], artifacts, link.address,
-                            seq, skip, up, rtt, slowdown, local, device,
+                            seq, skip, up, rtt, slowdown, local, device, dsh[up],
                         )  # fmt: skip
                         point["sequence"] = kind
                         points.append(point)
@@ -171,6 +189,7 @@ def _point(
     slowdown: float,
     local: Any,
     device: SlowDevice,
+    dsh_cut: str,
 ) -> dict[str, Any]:
     link = Link(up * 1e6, rtt)
     stream_choice = planner.choose(link, STREAM, objective="throughput")
@@ -203,6 +222,11 @@ def _point(
             runs["stream"] = _streamed(plain, frames, skip)
         with runtime(planned.cut, base, True) as delta:
             runs["stream+delta"] = _streamed(delta, frames, skip)
+    if dsh_cut == "edge":
+        runs[DSH] = runs["edge-only"]
+    else:
+        with runtime(dsh_cut, "raw", False) as heavy:
+            runs[DSH] = _streamed(heavy, frames, skip)
     oracle: dict[str, float] = {"edge": runs["edge-only"]["fps"]}
     for cut in served:
         if cut == planned.cut and "stream+delta" in runs:
@@ -219,6 +243,7 @@ def _point(
         "planned_cut": planned.cut,
         "planned_codec": planned.codec,
         "predicted_fps": planned.predicted_fps,
+        "dads_heavy_cut": dsh_cut,
         "stages": dataclasses.asdict(planned.stages),
         "runs": runs,
         "oracle_fps": oracle,
@@ -300,6 +325,10 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         for p in still
         if p["runs"]["stream+delta"]["bytes_per_frame"] > 0
     ]
+    ours_over_dsh = [
+        p["oracle_fps"].get(p["planned_cut"], p["runs"]["edge-only"]["fps"]) / p["runs"][DSH]["fps"]
+        for p in points
+    ]
     return {
         "points": len(points),
         "points_where_splitting_beats_edge_only": len(splitting),
@@ -309,12 +338,21 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         else math.nan,
         "stream_over_sequential_min": min(plain, default=math.nan),
         "still_bytes_zstd_over_delta_median": statistics.median(saved) if saved else math.nan,
+        # the planned cut streamed (with delta where it splits) against DADS's heavy-load cut
+        "planned_over_dads_heavy_geomean": _gmean(ours_over_dsh),
+        "planned_over_dads_heavy_min": min(ours_over_dsh, default=math.nan),
         "planned_over_oracle_min": min(p["planned_over_oracle"] for p in points),
         "planned_over_oracle_median": statistics.median(p["planned_over_oracle"] for p in points),
     }
 
 
-STRATEGIES = ("edge-only", "cloud-only", "sequential", "stream", "stream+delta")
+DSH = "DADS heavy-load"
+STRATEGIES = ("edge-only", "cloud-only", "sequential", "stream", "stream+delta", DSH)
+
+
+def _gmean(values: list[float]) -> float:
+    values = [v for v in values if v > 0 and math.isfinite(v)]
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else math.nan
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -331,6 +369,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"median {h['still_bytes_zstd_over_delta_median']:.2f}x",
         "- throughput plan, measured fps / the best measured cut's: min "
         f"{h['planned_over_oracle_min']:.2f}, median {h['planned_over_oracle_median']:.2f}",
+        "- throughput plan, measured fps / DADS heavy-load's cut: geometric mean "
+        f"{h['planned_over_dads_heavy_geomean']:.2f}x, min {h['planned_over_dads_heavy_min']:.2f}x",
         "",
         "| sequence | uplink Mbit/s | RTT ms | planned (predicted fps) | "
         + " | ".join(STRATEGIES)
@@ -351,6 +391,7 @@ def markdown(results: dict[str, Any]) -> str:
                 "-"
                 if run is None
                 else f"{run['fps']:.1f} fps, p50 {run['p50_ms']:.0f} / p99 {run['p99_ms']:.0f} ms"
+                + (f" ({p['dads_heavy_cut']})" if name == DSH else "")
             )
         best = p["oracle_cut"]
         cells.append(f"{p['oracle_fps'][best]:.1f} ({best})")

@@ -38,6 +38,10 @@ def test_the_quick_benchmark_writes_its_reports(tmp_path):
         measured = [v for v in point["measured_cuts"].values() if v is not None]
         assert point["oracle_ms"] == min(measured)
         assert point["call_ms"] > 0  # measured through the link, priced by the planner
+        for peer in ("neurosurgeon", "dads"):  # each peer's cut, served and measured
+            measured = point["peers"][peer]
+            assert measured["cut"] in model["plan_cuts"]
+            assert point["oracle_ms"] <= measured["measured_ms"]
         for radio in ("lte", "3g", "wifi"):
             energy = point["energy"][radio]
             spent = [v for v in energy["measured"].values() if v is not None]
@@ -48,4 +52,5 @@ def test_the_quick_benchmark_writes_its_reports(tmp_path):
     table = (tmp_path / "latency.md").read_text()
     assert "| uplink Mbit/s | RTT ms | edge-only | cloud-only |" in table
     assert "device energy per request, mJ" in table
+    assert "| Neurosurgeon (cut) | DADS (cut) | oracle (cut) |" in table
     assert (tmp_path / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
