@@ -214,7 +214,7 @@ class SlowDevice:
         if runs == 0:  # calibrate on warm caches: the fastest of three more runs
             for _ in range(3):
                 known = min(known, _timed(call, args))
-        elif runs <= self.CALIBRATIONS and 2 * known <= (self.factor - 1) * known:
+        elif runs <= self.CALIBRATIONS and self.factor >= 3:  # a warm run fits twice in it
             known = min(known, _timed(call, args))  # warm, within this run's own sleep
         with self._lock:
             fastest = min(self._fastest.get(key, math.inf), known, elapsed)
