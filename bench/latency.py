@@ -63,7 +63,6 @@ import numpy as np
 from bench.peers import LayerPredictors, PeerChoice, peer_cuts, peer_decisions
 from bench.processes import machine, start_server, stop
 from partitioner.calls import measure_call_cost, write_call_models
-from partitioner.cuts import cut_by_id
 from partitioner.graph import ModelGraph
 from partitioner.plan import Constraints, Link, Planner, sweep
 from partitioner.profile import ProfileOptions, calibration_feeds, profile_model
@@ -180,12 +179,14 @@ def measure_model(
         if layers is not None
         else {}
     )
-    peer_ids = {up: peer_cuts(graph, peers, up) for up in uplinks}
+    peer_ids: dict[float, dict[str, str]] = {}
+    for up in uplinks:
+        chosen = peer_cuts(graph, peers, up)
+        for cut in chosen.values():
+            planner.cuts.setdefault(cut.id, cut)
+        peer_ids[up] = {peer: cut.id for peer, cut in chosen.items()}
     ids = [c["id"] for c in plan.cuts] + [i for per in peer_ids.values() for i in per.values()]
     ids = list(dict.fromkeys([*ids, "cloud"]))  # cloud: for cloud-only
-    for cut_id in ids:
-        if cut_id not in planner.cuts:  # a peer's
-            planner.cuts[cut_id] = cut_by_id(graph, cut_id)
     artifacts = work / f"{name}-artifacts"
     write_artifacts(graph, [planner.cuts[i] for i in ids], artifacts, plan=plan.to_json())
     print(f"  exported, profiled, planned and split in {time.perf_counter() - began:.0f} s")
@@ -230,7 +231,8 @@ def measure_model(
     return {
         "model": name,
         "nodes": len(graph.nodes),
-        "plan_cuts": ids,
+        "plan_cuts": list(dict.fromkeys([*(c["id"] for c in plan.cuts), "cloud"])),
+        "served_cuts": ids,  # the plan's, the peers' and cloud-only
         "device_full_ms": edge_ms,  # the profile was scaled to this
         "points": points,
     }
@@ -271,7 +273,7 @@ def _point(
         return lambda: split.infer(feeds)
 
     choice = planner.choose(link, LOSSLESS)
-    served = planner_plan_cuts(artifacts)  # the plan's cuts, and cloud for cloud-only
+    served = served_cuts(artifacts)  # the plan's, the peers' and cloud for cloud-only
     # each served cut with the codec predicted best for it on this link: the oracle
     # measures them all; the planned cut (the plan's best here) and cloud-only (the
     # input sent with the best lossless codec) are two of those measurements
@@ -321,8 +323,14 @@ def _point(
     adaptive_ms = times.pop("adaptive")
     # every route measured, by cut (with the codec when it is not the cut's best here)
     labels = {k: k if k in served or k == "edge" else " ".join(routes[k]) for k in routes}
-    energy = _energies(samples, routes, choice.candidates, link, energy_plans, labels)
+    # each route as the plan prices it (a peer's cut the profile lacks: the additive model)
     by_route = {(p.cut, p.codec): p for p in choice.candidates}
+    for cut, codec in routes.values():
+        if (cut, codec) not in by_route and cut != "edge":
+            estimate = planner.price(planner.cuts[cut], codec, link)
+            if estimate is not None:
+                by_route[(cut, codec)] = estimate
+    energy = _energies(samples, routes, by_route, link, energy_plans, labels)
     oracle = {labels[k]: v for k, v in times.items()}
     cloud_ms, planned_ms = oracle["cloud"], oracle[planned.cut]
     fastest = min(times, key=lambda k: times[k] if not math.isnan(times[k]) else math.inf)
@@ -340,6 +348,7 @@ def _point(
         "oracle_ms": times[fastest],
         "oracle_cut": routes[fastest][0],
         "measured_cuts": oracle,
+        "routes": {labels[k]: list(route) for k, route in routes.items()},  # cut, codec
         "candidates": len(choice.candidates),
         "call_ms": calls[0],
         "tensor_ms": calls[1],
@@ -381,10 +390,11 @@ def _breakdown(predicted: Any, samples: list[tuple[float, Any]]) -> dict[str, di
     return {
         "measured": measured,
         "predicted": {
-            "head_ms": p.edge_ms,
+            "head_ms": p.edge_ms + p.edge_cold_ms,
             "encode_ms": p.encode_ms,
             "network_ms": p.transfer_ms + p.rtt_ms + p.call_ms + p.return_ms,
-            "server_ms": p.decode_ms + p.cloud_ms,  # the cut tensors decoded, the tail
+            # the cut tensors decoded, the tail
+            "server_ms": p.decode_ms + p.cloud_ms + p.cloud_cold_ms,
             "decode_ms": 0.0,  # the answer's decoding here: not priced (outputs are raw)
         },
     }
@@ -393,17 +403,15 @@ def _breakdown(predicted: Any, samples: list[tuple[float, Any]]) -> dict[str, di
 def _energies(
     samples: dict[str, list[tuple[float, Any]]],
     routes: dict[str, tuple[str, str]],
-    candidates: Any,
+    priced: dict[tuple[str, str], Any],
     link: Link,
     plans: dict[str, Any],
     labels: dict[str, str],
 ) -> dict[str, dict[str, Any]]:
-    """Per radio preset, each measured strategy's median device energy (mJ) estimated
-    from its requests' measured times (the plan's strategies: the bytes a peer's cut
-    sends are priced only where the plan priced that cut), and the energy plan
-    against the best of them."""
-    priced = {(p.cut, p.codec): p for p in candidates}
-    ours = {name: route for name, route in routes.items() if not name.startswith("peer:")}
+    """Per radio preset, each measured route's median device energy (mJ) estimated from
+    its requests' measured times and the bytes the plan prices it to send, and the
+    energy plan against the least of them."""
+    ours = {name: route for name, route in routes.items() if name == "edge" or route in priced}
     result = {}
     for radio in RADIOS:
         power = preset(radio)
@@ -472,7 +480,7 @@ def _rounds(
     return medians, {name: [] if name in missed else v for name, v in samples.items()}
 
 
-def planner_plan_cuts(artifacts: Path) -> list[str]:
+def served_cuts(artifacts: Path) -> list[str]:
     from runtime.artifacts import load_manifest
 
     return [c.id for c in load_manifest(artifacts).cuts]
@@ -595,7 +603,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     header = "| uplink Mbit/s | RTT ms | edge-only | cloud-only | planned (cut) | adaptive (cut) |"
     for m in results["models"]:
-        cuts = ", ".join(m["plan_cuts"])
+        cuts = ", ".join(m["served_cuts"])
         peers = [peer for peer in PEERS if any(peer in p.get("peers", {}) for p in m["points"])]
         lines += [
             f"**{m['model']}** ({m['nodes']} nodes; cuts served {cuts}), ms per request:",

@@ -46,6 +46,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from partitioner.cuts import CLOUD_ONLY, EDGE_ONLY, Cut, cut_from_tensors, make_cut
 from partitioner.graph import ModelGraph, members
 from partitioner.mincut import CutCosts, optimal_cut
 
@@ -430,15 +431,19 @@ def dads_heavy_choice(
     return PeerChoice(best, slowest(best))
 
 
-def peer_cut_id(graph: ModelGraph, head: int) -> str:
-    """Our id of the cut a peer chose ("edge", "cloud", or a cut of its tensors)."""
-    from partitioner.cuts import cut_from_tensors
-
+def peer_cut(graph: ModelGraph, head: int) -> Cut:
+    """The cut a peer chose, as our runtime serves it: "edge", "cloud", or the cut of
+    the tensors it sends (any closed head: a min-cut's may be no enumerated cut)."""
     if head == graph.all_mask:
-        return "edge"
+        return make_cut(graph, head, EDGE_ONLY)
     if head == 0:
-        return "cloud"
-    return cut_from_tensors(graph, graph.crossing(head), device_outputs=graph.head_outputs(head)).id
+        return make_cut(graph, head, CLOUD_ONLY)
+    return cut_from_tensors(graph, graph.crossing(head), device_outputs=graph.head_outputs(head))
+
+
+def peer_cut_id(graph: ModelGraph, head: int) -> str:
+    """Our id of the cut a peer chose."""
+    return peer_cut(graph, head).id
 
 
 def peer_decisions(
@@ -468,10 +473,10 @@ def peer_decisions(
 
 def peer_cuts(
     graph: ModelGraph, peers: dict[str, dict[float, PeerChoice] | str], uplink: float
-) -> dict[str, str]:
-    """Our id of each peer's cut at ``uplink``, for the peers that could plan."""
+) -> dict[str, Cut]:
+    """Each peer's cut at ``uplink``, for the peers that could plan."""
     return {
-        peer: peer_cut_id(graph, c[uplink].head) for peer, c in peers.items() if isinstance(c, dict)
+        peer: peer_cut(graph, c[uplink].head) for peer, c in peers.items() if isinstance(c, dict)
     }
 
 
@@ -483,18 +488,6 @@ QUICK_UPLINKS = (10, 1000)
 QUICK_RTTS = (5,)
 ZOO = ("light_squeezenet", "light_inception_v1", "light_resnet50", "light_shufflenet")
 MODELS = ("mobilenet_v2", "resnet50", "vgg16", "transformer", *ZOO)
-
-
-def _row(point: dict[str, Any]) -> str:
-    peers = " ".join(
-        f"{k}={v['measured_ms']:.1f} ({v['cut']})" if "cut" in v else f"{k}=n/a"
-        for k, v in point["peers"].items()
-    )
-    return (
-        f"ours={point['planned_ms']:.1f} ({point['planned_cut']}) adaptive="
-        f"{point['adaptive_ms']:.1f} oracle={point['oracle_ms']:.1f} ({point['oracle_cut']}) "
-        + peers
-    )
 
 
 def headline(models: list[dict[str, Any]]) -> dict[str, Any]:

@@ -48,9 +48,8 @@ from typing import Any
 import numpy as np
 
 from bench.latency import _strict, build_model
-from bench.peers import dads_heavy_choice, node_times, peer_cut_id
+from bench.peers import dads_heavy_choice, node_times, peer_cut
 from bench.processes import machine, start_server, stop
-from partitioner.cuts import cut_by_id
 from partitioner.graph import ModelGraph
 from partitioner.plan import Constraints, Link, Planner, sweep
 from partitioner.profile import Profile, ProfileOptions, profile_model
@@ -106,10 +105,11 @@ def measure(
     node_cloud = node_times(graph, 3 if quick else 5)
     factor = device_ms / profiles["still"].full_ms.median_ms
     node_edge = [t * factor for t in node_cloud]
-    dsh = {
-        up: peer_cut_id(graph, dads_heavy_choice(graph, node_edge, node_cloud, up * 1e6).head)
+    heavy = {
+        up: peer_cut(graph, dads_heavy_choice(graph, node_edge, node_cloud, up * 1e6).head)
         for up in UPLINKS
     }
+    dsh = {up: cut.id for up, cut in heavy.items()}
     cut_ids: list[str] = list(dsh.values())
     for planner in planners.values():
         for plan in (
@@ -119,9 +119,8 @@ def measure(
             cut_ids += [c["id"] for c in plan.cuts]
     ids = list(dict.fromkeys([*cut_ids, "cloud"]))
     for planner in planners.values():
-        for cut_id in ids:
-            if cut_id not in planner.cuts:  # a peer's
-                planner.cuts[cut_id] = cut_by_id(graph, cut_id)
+        for cut in heavy.values():
+            planner.cuts.setdefault(cut.id, cut)
     artifacts = work / "artifacts"
     served = [planners["still"].cuts[i] for i in ids if i != "edge"]
     write_artifacts(graph, served, artifacts)

@@ -111,11 +111,17 @@ class Prediction:
     cloud_workers: int = 1  # the server's parallel workers, which share the cloud stage
     energy_mj: float | None = None  # the device's energy, with a power model
     call_ms: float = 0.0  # the call's own cost beyond the RTT (gRPC, both ends' hops)
+    # what a request's run after idling costs beyond a warm one, on each side that runs
+    # (a stream's frames run back to back: not in the stages)
+    edge_cold_ms: float = 0.0
+    cloud_cold_ms: float = 0.0
 
     @property
     def total_ms(self) -> float:
         return (
             self.edge_ms
+            + self.edge_cold_ms
+            + self.cloud_cold_ms
             + self.encode_ms
             + self.transfer_ms
             + self.rtt_ms
@@ -268,13 +274,27 @@ class Planner:
                 raise PlanError(exc.message) from None
         return [label for label in labels if CodecSpec.parse(label).codec in wanted]
 
+    def price(self, cut: Cut, label: str, link: Link) -> Prediction | None:
+        """Any cut of the model priced with one codec: from its own measurements when it
+        was profiled, else by the additive model (a lossless codec only)."""
+        if cut.id in self.profiled:
+            return self.predict(cut.id, label, link)
+        if CodecSpec.parse(label).codec.lossy:
+            return None
+        for profile in (self.edge, self.cloud):
+            if any(label not in profile.tensors.get(t, {}) for t in cut.tensor_names):
+                return None
+        return self._additive_prediction(cut, label, link)
+
     def predict(self, cut_id: str, label: str, link: Link) -> Prediction | None:
         """A measured cut priced with one codec; None when the codec cannot carry it."""
         edge, cloud = self.edge.cut(cut_id), self.cloud.cut(cut_id)
         if cut_id == EDGE_ONLY:
-            full = self.edge.full_ms.median_ms + self.edge.cold_ms
-            workers = self.cloud_workers
-            local = Prediction(cut_id, "-", (), full, 0, 0, 0, 0, 0, 0, 0.0, cloud_workers=workers)
+            full, workers = self.edge.full_ms.median_ms, self.cloud_workers
+            local = Prediction(
+                cut_id, "-", (), full, 0, 0, 0, 0, 0, 0, 0.0,
+                cloud_workers=workers, edge_cold_ms=self.edge.cold_ms,
+            )  # fmt: skip
             return self._priced(local, link)
         up, down = edge.codecs.get(label), cloud.codecs.get(label)
         if up is None or down is None:
@@ -287,17 +307,19 @@ class Planner:
             cut=cut_id,
             codec=label,
             tensors=edge.tensors,
-            edge_ms=0.0 if edge.head_ms is None else edge.head_ms.median_ms + self.edge.cold_ms,
+            edge_ms=0.0 if edge.head_ms is None else edge.head_ms.median_ms,
             encode_ms=up.encode_ms,
             transfer_ms=link.up_ms(up.bytes),
             rtt_ms=link.rtt_ms,
-            cloud_ms=0.0 if cloud.tail_ms is None else cloud.tail_ms.median_ms + self.cloud.cold_ms,
+            cloud_ms=0.0 if cloud.tail_ms is None else cloud.tail_ms.median_ms,
             decode_ms=down.decode_ms,
             return_ms=link.down_ms(cloud.output_bytes),
             bytes=up.bytes,
             error=error,
             cloud_workers=self.cloud_workers,
             call_ms=self.call_cost(link, len(edge.tensors)),
+            edge_cold_ms=0.0 if edge.head_ms is None else self.edge.cold_ms,
+            cloud_cold_ms=0.0 if cloud.tail_ms is None else self.cloud.cold_ms,
         ), link)  # fmt: skip
 
     def _priced(self, prediction: Prediction, link: Link) -> Prediction:
@@ -306,10 +328,10 @@ class Planner:
             return prediction
         p = prediction
         energy = self.power.energy_mj(
-            compute_ms=p.edge_ms + p.encode_ms,
+            compute_ms=p.edge_ms + p.edge_cold_ms + p.encode_ms,
             transfer_ms=p.transfer_ms,
             return_ms=p.return_ms,
-            idle_ms=p.rtt_ms + p.call_ms + p.cloud_ms + p.decode_ms,
+            idle_ms=p.rtt_ms + p.call_ms + p.cloud_ms + p.cloud_cold_ms + p.decode_ms,
             uplink_mbit=link.uplink_bps / 1e6,
             downlink_mbit=(link.downlink_bps or link.uplink_bps) / 1e6,
         )
@@ -493,9 +515,8 @@ class Planner:
 
     def _additive_prediction(self, cut: Cut, label: str, link: Link) -> Prediction:
         head = cut.head  # neither empty nor the whole model: both sides run
-        edge = sum(self.edge_nodes[i] for i in members(head)) + self.edge.cold_ms
+        edge = sum(self.edge_nodes[i] for i in members(head))
         cloud = sum(self.cloud_nodes[i] for i in members(self.graph.all_mask & ~head))
-        cloud += self.cloud.cold_ms
         parts = [self.edge.tensors[t][label] for t in cut.tensor_names]
         downs = [self.cloud.tensors[t][label] for t in cut.tensor_names]
         out = sum(self._output_bytes(o) for o in cut.tail_outputs)
@@ -514,6 +535,8 @@ class Planner:
             source="min-cut",
             cloud_workers=self.cloud_workers,
             call_ms=self.call_cost(link, len(cut.tensor_names)),
+            edge_cold_ms=self.edge.cold_ms,
+            cloud_cold_ms=self.cloud.cold_ms,
         ), link)  # fmt: skip
 
     def choose(
@@ -621,9 +644,9 @@ def _reason(best: Prediction, candidates: Sequence[Prediction]) -> str:
         parts.append(f"{cloud.total_ms / best.total_ms:.2f}x faster than cloud-only")
     if best.cut not in (EDGE_ONLY, CLOUD_ONLY):
         biggest = max(
-            ("device compute", best.edge_ms),
+            ("device compute", best.edge_ms + best.edge_cold_ms),
             ("transfer", best.transfer_ms + best.encode_ms + best.decode_ms),
-            ("cloud compute", best.cloud_ms),
+            ("cloud compute", best.cloud_ms + best.cloud_cold_ms),
             ("round trip", best.rtt_ms),
             key=lambda kv: kv[1],
         )
@@ -753,7 +776,7 @@ def sweep(
         stops = [*ends, uplinks_mbit[-1]]
         for (_, best), start, stop in zip(runs, starts, stops, strict=True):
             segments.append(Segment(rtt, start, stop, best.cut, best.codec, best.total_ms))
-    cloud_ms = {p.cut: p.cloud_ms for options in grid.values() for p in options}
+    cloud_ms = {p.cut: p.cloud_ms + p.cloud_cold_ms for options in grid.values() for p in options}
     cuts = []
     for cut in sorted((planner.cuts[c] for c in kept), key=lambda c: c.head_nodes):
         cuts.append(

@@ -153,7 +153,12 @@ class Profile:
         """This profile as the emulated device whose full-model run, measured between
         requests, takes ``full_ms`` would measure it: the slowdown is what remains of
         that run beyond this machine's cold cost, which the device pays once."""
-        return self.emulating(device, max(full_ms - self.cold_ms, 0.0) / self.full_ms.median_ms)
+        if full_ms <= self.cold_ms:
+            raise ProfileError(
+                f"a full-model run of {full_ms:.2f} ms is no slower than this machine's cost "
+                f"of a run after idling ({self.cold_ms:.2f} ms): nothing to scale"
+            )
+        return self.emulating(device, (full_ms - self.cold_ms) / self.full_ms.median_ms)
 
     def emulating(self, device: str, slowdown: float) -> Profile:
         """This profile as a device ``slowdown`` times slower would measure it."""

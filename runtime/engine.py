@@ -190,7 +190,9 @@ class SlowDevice:
     caller. The first run of a key is repeated three times at once, unreported; the
     next CALIBRATIONS runs are each repeated once more inside their own sleep, where it
     fits, so that one busy moment of this machine during the first calibration does not
-    make that work slower for good. Thread-safe."""
+    make that work slower for good. Work that changes state (a delta encoder: its
+    reference, its counters) is never repeated: ``repeatable=False`` dilates its own
+    runs only. Thread-safe."""
 
     CALIBRATIONS = 4
 
@@ -200,7 +202,9 @@ class SlowDevice:
         self._runs: dict[object, int] = {}
         self._lock = threading.Lock()
 
-    def run(self, key: object, call: Callable[..., T], *args: Any) -> tuple[T, float]:
+    def run(
+        self, key: object, call: Callable[..., T], *args: Any, repeatable: bool = True
+    ) -> tuple[T, float]:
         """``call(*args)`` on the device: its result and the device's time in ms."""
         start = time.perf_counter()
         result = call(*args)
@@ -211,16 +215,18 @@ class SlowDevice:
             known = self._fastest.get(key, math.inf)
             runs = self._runs.get(key, 0)
             self._runs[key] = runs + 1
-        if runs == 0:  # calibrate on warm caches: the fastest of three more runs
-            for _ in range(3):
-                known = min(known, _timed(call, args))
-        elif runs <= self.CALIBRATIONS and self.factor >= 3:  # a warm run fits twice in it
-            known = min(known, _timed(call, args))  # warm, within this run's own sleep
+        warm_runs = 0
+        if repeatable and runs == 0:  # calibrate on warm caches: the fastest of three more
+            warm_runs = 3
+        elif repeatable and runs <= self.CALIBRATIONS and self.factor >= 3:
+            warm_runs = 1  # within this run's own sleep, where it fits twice
+        for _ in range(warm_runs):
+            known = min(known, _timed(call, args))
         with self._lock:
             fastest = min(self._fastest.get(key, math.inf), known, elapsed)
             self._fastest[key] = fastest
         extra = fastest * (self.factor - 1)
-        if runs == 0:
+        if warm_runs != 1:
             time.sleep(extra)
         else:  # the sleep less what the warm run took of it
             time.sleep(max(0.0, start + elapsed + extra - time.perf_counter()))

@@ -163,7 +163,12 @@ class Pipeline:
                 frame.cut, runner.run_head, frame.feeds
             )
             tensors, frame.encode_ms = self.rt.device.run(
-                f"{frame.cut}/{frame.codec}", self._encode, frame.cut, sent, spec
+                f"{frame.cut}/{frame.codec}",
+                self._encode,
+                frame.cut,
+                sent,
+                spec,
+                repeatable=not spec.codec.delta,  # a delta encoder keeps each frame
             )
             frame.up_bytes = sum(encoded_size(t) for t in tensors)
             frame.stream = stream

@@ -138,3 +138,20 @@ def test_io_binding_returns_what_a_plain_run_returns(tmp_path):
             assert got[name].dtype == want[name].dtype
             np.testing.assert_array_equal(got[name], want[name])
         assert got["idx"].shape[1] == 3 * (batch - 1)
+
+
+def test_work_that_changes_state_runs_once_a_call():
+    """A delta encoder keeps each frame as the next one's reference: the device must
+    not repeat it to measure it warm."""
+    calls = []
+
+    def stateful() -> int:
+        calls.append(1)
+        time.sleep(0.002)
+        return len(calls)
+
+    device = SlowDevice(4.0)
+    answers = [device.run("encode", stateful, repeatable=False)[0] for _ in range(6)]
+    assert answers == [1, 2, 3, 4, 5, 6] and len(calls) == 6
+    device.run("other", stateful)  # repeatable work is measured warm again
+    assert len(calls) == 6 + 1 + 3

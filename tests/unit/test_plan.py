@@ -156,6 +156,15 @@ def test_a_calls_own_cost_is_priced_in_every_split_and_the_min_cut(case):
     assert math.isclose(choice.best.total_ms, best, rel_tol=1e-9, abs_tol=1e-9)
     for p in choice.candidates:
         assert p.call_ms == (0.0 if p.cut == "edge" else 3.0 + 0.7 * len(p.tensors))
+    # a stream's frames run back to back: its stages pay no run after idling
+    warm = Planner(
+        graph,
+        synthetic_profile(graph, "edge", edge, tensors),
+        dataclasses.replace(cloud_profile, cold_ms=0.0),
+    )
+    streamed = planner.choose(link, Constraints(keep_input_on_device=keep), "throughput")
+    warm_streamed = warm.choose(link, Constraints(keep_input_on_device=keep), "throughput")
+    assert streamed.best.predicted_fps == pytest.approx(warm_streamed.best.predicted_fps)
     # a link's own figures (measured through it) win over the profile's
     measured = Link(link.uplink_bps, link.rtt_ms, call_ms=1.0, tensor_ms=0.0)
     for p in planner.candidates(measured):
