@@ -491,13 +491,15 @@ def _row(point: dict[str, Any]) -> str:
     return " ".join(f"{k.removesuffix('_ms')}={point[k]:.1f}" for k in keys)
 
 
+def geomean(values: list[float]) -> float:
+    """The geometric mean of the positive, finite values (NaN when there are none)."""
+    values = [v for v in values if v > 0 and math.isfinite(v)]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.nan
+
+
 def headline(models: list[dict[str, Any]]) -> dict[str, Any]:
     """Figures over every (model, link) point of the run."""
     points = [p for m in models for p in m["points"]]
-
-    def gmean(values: list[float]) -> float:
-        values = [v for v in values if v > 0 and math.isfinite(v)]
-        return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.nan
 
     def ratio(a: str, b: str) -> list[float]:
         return [p[a] / p[b] for p in points if math.isfinite(p[a]) and math.isfinite(p[b])]
@@ -508,9 +510,9 @@ def headline(models: list[dict[str, Any]]) -> dict[str, Any]:
     better = [min(p["edge_only_ms"], c) for p, c in zip(points, cloud_or_inf, strict=True)]
     return {
         "points": len(points),
-        "speedup_vs_cloud_geomean": gmean(ratio("cloud_only_ms", "planned_ms")),
-        "speedup_vs_edge_geomean": gmean(ratio("edge_only_ms", "planned_ms")),
-        "adaptive_speedup_vs_cloud_geomean": gmean(ratio("cloud_only_ms", "adaptive_ms")),
+        "speedup_vs_cloud_geomean": geomean(ratio("cloud_only_ms", "planned_ms")),
+        "speedup_vs_edge_geomean": geomean(ratio("edge_only_ms", "planned_ms")),
+        "adaptive_speedup_vs_cloud_geomean": geomean(ratio("cloud_only_ms", "adaptive_ms")),
         "worst_vs_better_of_edge_and_cloud": max(
             p["planned_ms"] / b for p, b in zip(points, better, strict=True)
         ),
@@ -518,18 +520,16 @@ def headline(models: list[dict[str, Any]]) -> dict[str, Any]:
         "planned_over_oracle_median": statistics.median(ratio("planned_ms", "oracle_ms"))
         if points
         else math.nan,
-        "energy": {radio: _energy_headline(points, radio, gmean) for radio in RADIOS},
+        "energy": {radio: _energy_headline(points, radio) for radio in RADIOS},
         "adaptive_over_oracle_max": max(ratio("adaptive_ms", "oracle_ms"), default=math.nan),
         "adaptive_over_oracle_median": statistics.median(ratio("adaptive_ms", "oracle_ms"))
         if points
         else math.nan,
-        "peers": _peer_headline(points, gmean),
+        "peers": _peer_headline(points),
     }
 
 
-def _peer_headline(
-    points: list[dict[str, Any]], gmean: Callable[[list[float]], float]
-) -> dict[str, dict[str, float]]:
+def _peer_headline(points: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per peer, over the points where it could plan: the planned cut's geometric-mean
     speed-up over the peer's measured cut, and the worst planned / peer."""
     result = {}
@@ -543,15 +543,13 @@ def _peer_headline(
         if pairs:
             result[peer] = {
                 "points": len(pairs),
-                "speedup_geomean": gmean([a / b for a, b in pairs]),
+                "speedup_geomean": geomean([a / b for a, b in pairs]),
                 "planned_over_peer_max": max(b / a for a, b in pairs),
             }
     return result
 
 
-def _energy_headline(
-    points: list[dict[str, Any]], radio: str, gmean: Callable[[list[float]], float]
-) -> dict[str, float]:
+def _energy_headline(points: list[dict[str, Any]], radio: str) -> dict[str, float]:
     rows = [p["energy"][radio] for p in points if "energy" in p]
 
     def ratios(key: str) -> list[float]:
@@ -565,8 +563,8 @@ def _energy_headline(
     return {
         "energy_plan_over_oracle_max": max(over, default=math.nan),
         "energy_plan_over_oracle_median": statistics.median(over) if over else math.nan,
-        "saving_vs_edge_geomean": 1 - gmean(ratios("edge_only_mj")),
-        "saving_vs_cloud_geomean": 1 - gmean(ratios("cloud_only_mj")),
+        "saving_vs_edge_geomean": 1 - geomean(ratios("edge_only_mj")),
+        "saving_vs_cloud_geomean": 1 - geomean(ratios("cloud_only_mj")),
     }
 
 

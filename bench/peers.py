@@ -491,9 +491,7 @@ MODELS = ("mobilenet_v2", "resnet50", "vgg16", "transformer", *ZOO)
 
 
 def headline(models: list[dict[str, Any]]) -> dict[str, Any]:
-    def gmean(values: list[float]) -> float:
-        values = [v for v in values if v > 0 and math.isfinite(v)]
-        return math.exp(sum(map(math.log, values)) / len(values)) if values else math.nan
+    from bench.latency import geomean
 
     per_model = {}
     worst_vs_oracle, worst_vs_peer = 0.0, 0.0
@@ -505,7 +503,7 @@ def headline(models: list[dict[str, Any]]) -> dict[str, Any]:
                 for p in m["points"]
                 if "measured_ms" in p["peers"].get(peer, {})
             ]
-            row[f"speedup_vs_{peer}_geomean"] = gmean(ratios) if ratios else None
+            row[f"speedup_vs_{peer}_geomean"] = geomean(ratios) if ratios else None
             errors = [
                 abs(p["peers"][peer]["predicted_ms"] - p["peers"][peer]["measured_ms"])
                 / p["peers"][peer]["measured_ms"]
@@ -577,41 +575,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(model: dict[str, Any], path: Any) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rtts = sorted({p["rtt_ms"] for p in model["points"]})
-    figure, axes = plt.subplots(1, len(rtts), figsize=(5 * len(rtts), 4), squeeze=False)
-    for column, rtt in enumerate(rtts):
-        points = [p for p in model["points"] if p["rtt_ms"] == rtt]
-        ups = [p["uplink_mbit"] for p in points]
-        ax = axes[0][column]
-        lines = {
-            "splitinfer (planned)": [p["planned_ms"] for p in points],
-            "splitinfer (adaptive)": [p["adaptive_ms"] for p in points],
-            "oracle": [p["oracle_ms"] for p in points],
-        }
-        for peer in ("neurosurgeon", "dads"):
-            if all("measured_ms" in p["peers"][peer] for p in points):
-                lines[peer.capitalize() if peer == "neurosurgeon" else "DADS"] = [
-                    p["peers"][peer]["measured_ms"] for p in points
-                ]
-        for label, values in lines.items():
-            ax.plot(ups, values, marker="o", label=label)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(f"{model['model']}, RTT {rtt} ms")
-        ax.set_xlabel("uplink (Mbit/s)")
-        ax.set_ylabel("latency per request (ms)")
-        ax.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
 def main() -> int:
     import argparse
     import json
@@ -619,7 +582,7 @@ def main() -> int:
     import tempfile
     from pathlib import Path
 
-    from bench.latency import _strict, measure_model
+    from bench.latency import _strict, measure_model, plot
     from bench.processes import machine
 
     parser = argparse.ArgumentParser(description="the peers' planners, measured beside ours")

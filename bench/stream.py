@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.latency import _strict, build_model
+from bench.latency import _strict, build_model, geomean
 from bench.peers import dads_heavy_choice, node_times, peer_cut
 from bench.processes import machine, start_server, stop
 from partitioner.graph import ModelGraph
@@ -338,7 +338,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "stream_over_sequential_min": min(plain, default=math.nan),
         "still_bytes_zstd_over_delta_median": statistics.median(saved) if saved else math.nan,
         # the planned cut streamed (with delta where it splits) against DADS's heavy-load cut
-        "planned_over_dads_heavy_geomean": _gmean(ours_over_dsh),
+        "planned_over_dads_heavy_geomean": geomean(ours_over_dsh),
         "planned_over_dads_heavy_min": min(ours_over_dsh, default=math.nan),
         "planned_over_oracle_min": min(p["planned_over_oracle"] for p in points),
         "planned_over_oracle_median": statistics.median(p["planned_over_oracle"] for p in points),
@@ -347,11 +347,6 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
 
 DSH = "DADS heavy-load"
 STRATEGIES = ("edge-only", "cloud-only", "sequential", "stream", "stream+delta", DSH)
-
-
-def _gmean(values: list[float]) -> float:
-    values = [v for v in values if v > 0 and math.isfinite(v)]
-    return math.exp(sum(map(math.log, values)) / len(values)) if values else math.nan
 
 
 def markdown(results: dict[str, Any]) -> str:
