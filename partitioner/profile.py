@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from partitioner.cuts import Cut, enumerate_cuts
 from partitioner.graph import ModelGraph, is_sendable
 from partitioner.split import model_sha256, submodel, write_artifacts
-from runtime.artifacts import TensorSpec, read_json
+from runtime.artifacts import CutArtifact, Manifest, TensorSpec, read_json
 from runtime.codec import (
     Codec,
     CodecSpec,
@@ -44,7 +45,7 @@ from runtime.codec import (
     encode,
     encoded_size,
 )
-from runtime.engine import CutRunner, SessionOptions, make_session, run_session
+from runtime.engine import CutRunner, Feeds, SessionOptions, make_session, run_session
 from runtime.errors import ProfileError, SplitInferError
 
 PROFILE_FORMAT = 1
@@ -66,6 +67,7 @@ FRAMES_GENERATED = 16
 COLD_GAP_S = 0.05  # a request's idle gap; the cold cost no longer grows past it here
 COLD_RUNS = 5
 CODEC_RUNS = 3  # each sample's encoding and decoding timed this often, the fastest kept
+PROFILE_MEMORY = 2 << 30  # weights (bytes) the profiler keeps loaded from one round to the next
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,7 +79,8 @@ class ProfileOptions:
     slowdown: float = 1.0
     batch: int = 1
     warmup: int = 3
-    repeats: int = 15
+    repeats: int = 15  # timed runs of each model, spread over the rounds
+    rounds: int = 3  # passes over all cuts, each timing every head and tail in turn
     min_time_ms: float = 30.0
     codecs: tuple[CodecSpec, ...] = DEFAULT_CODECS
     max_tensors: int | None = 8
@@ -300,6 +303,12 @@ def time_call(
 ) -> Timing:
     """Median and 90th percentile, in ms, of at least ``repeats`` calls after ``warmup``
     calls, going on until ``min_time_ms`` have been spent (fast calls are noisy)."""
+    return _summary(_samples(call, warmup=warmup, repeats=repeats, min_time_ms=min_time_ms))
+
+
+def _samples(
+    call: Callable[[], object], *, warmup: int, repeats: int, min_time_ms: float
+) -> list[float]:
     for _ in range(warmup):
         call()
     samples: list[float] = []
@@ -309,18 +318,11 @@ def time_call(
         call()
         samples.append((time.perf_counter() - start) * 1000.0)
         spent += samples[-1]
+    return samples
+
+
+def _summary(samples: Sequence[float]) -> Timing:
     return Timing(float(np.median(samples)), float(np.percentile(samples, 90)))
-
-
-def _time_session(
-    session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], options: ProfileOptions
-) -> Timing:
-    return time_call(
-        lambda: run_session(session, feeds),
-        warmup=options.warmup,
-        repeats=options.repeats,
-        min_time_ms=options.min_time_ms,
-    )
 
 
 def _scaled(t: Timing, k: float) -> Timing:
@@ -376,12 +378,9 @@ def profile_model(
         # every tensor some node reads: any of them can cross a cut the min-cut finds
         names = [t for t in graph.consumers if is_sendable(graph.spec(t))]
         activations = _activations(graph, names, Path(tmp), batches)
-        bar = (
-            Progress(len(manifest.cuts) + 2, f"profiling ({options.device})") if progress else None
-        )
+        steps = len(manifest.cuts) * max(1, options.rounds) + 2
+        bar = Progress(steps, f"profiling ({options.device})") if progress else None
         full = make_session(Path(tmp) / manifest.full, session_options)
-        full_ms = _time_session(full, batches[0], options)
-        cold_ms = _cold_ms(full, batches[0], full_ms)
         if bar:
             bar.step("full model")
         tensor_costs = _tensor_codec_costs(activations, names, options)
@@ -392,12 +391,23 @@ def profile_model(
             options = replace(options, codecs=(*options.codecs, *DELTA_CODECS))
         if bar:
             bar.step("codecs")
-        cut_profiles = []
-        for cut in manifest.cuts:
-            runner = CutRunner(tmp, manifest, cut, session_options)
-            cut_profiles.append(_profile_cut(graph, runner, activations, tensor_costs, options))
-            if bar:
-                bar.step(cut.id)
+        timed, errors = _time_cuts(
+            tmp,
+            manifest,
+            full,
+            activations,
+            tensor_costs,
+            options,
+            session_options,
+            _weight_bytes(graph),
+            bar,
+        )
+        full_ms = _summary(timed[FULL, ""])
+        cold_ms = _cold_ms(full, batches[0], full_ms)
+        cut_profiles = [
+            _profile_cut(cut, activations, tensor_costs, options, timed, errors[cut.id])
+            for cut in manifest.cuts
+        ]
     k = options.slowdown
     call_ms, tensor_ms = (0.0, 0.0)
     if calls:
@@ -584,18 +594,103 @@ def frame_sequence(
     return sequence
 
 
-def _profile_cut(
-    graph: ModelGraph,
-    runner: CutRunner,
+FULL = ""  # the full model's key among the timed runs (no cut has an empty id)
+
+
+def _time_cuts(
+    directory: str,
+    manifest: Manifest,
+    full: ort.InferenceSession,
     activations: list[dict[str, np.ndarray]],
     tensor_costs: Mapping[str, Mapping[str, CodecCost]],
     options: ProfileOptions,
-) -> CutProfile:
-    cut = runner.cut
+    session_options: SessionOptions,
+    weight_bytes: int,
+    bar: Progress | None,
+) -> tuple[dict[tuple[str, str], list[float]], dict[str, dict[str, OutputError]]]:
+    """Every run time, in ms, of the full model and of each cut's head and tail (keyed
+    by cut id and "head" or "tail"), and each cut's lossy codecs' output errors.
+
+    The runs are spread over ``options.rounds`` rounds, each timing the full model and
+    then every cut in turn (backwards every other round), so that a busy moment of the
+    machine weighs on many cuts a little rather than on the one being timed: timed one
+    cut after another, a head could come out 70% slower than in the next profile, and
+    the plan with it. Cuts stay loaded between rounds while their weights fit
+    PROFILE_MEMORY (a cut's head and tail hold about the model's weights); the others
+    are loaded again each round."""
     first = activations[0]
-    sent = {t.name: first[t.name] for t in cut.tensors}
-    head_ms = None if runner.head is None else _time_session(runner.head, first, options)
-    tail_ms = None if runner.tail is None else _time_session(runner.tail, sent, options)
+    rounds = max(1, options.rounds)
+    per_round = max(1, math.ceil(options.repeats / rounds))
+    times: dict[tuple[str, str], list[float]] = {}
+    errors: dict[str, dict[str, OutputError]] = {}
+    kept: dict[str, CutRunner] = {}
+    room = PROFILE_MEMORY
+
+    def measure(key: tuple[str, str], session: ort.InferenceSession, feeds: Feeds) -> None:
+        times.setdefault(key, []).extend(
+            _samples(
+                lambda: run_session(session, feeds),
+                warmup=options.warmup,
+                repeats=per_round,
+                min_time_ms=options.min_time_ms / rounds,
+            )
+        )
+
+    for round_ in range(rounds):
+        measure((FULL, ""), full, first)
+        for cut in manifest.cuts if round_ % 2 == 0 else manifest.cuts[::-1]:
+            runner = kept.get(cut.id) or CutRunner(directory, manifest, cut, session_options)
+            if round_ == 0:
+                errors[cut.id] = _output_errors(runner, activations, options, tensor_costs)
+                if weight_bytes <= room:
+                    kept[cut.id] = runner
+                    room -= weight_bytes
+            if runner.head is not None:
+                measure((cut.id, "head"), runner.head, first)
+            if runner.tail is not None:
+                sent = {t.name: first[t.name] for t in cut.tensors}
+                measure((cut.id, "tail"), runner.tail, sent)
+            if bar:
+                bar.step(cut.id)
+    return times, errors
+
+
+def _weight_bytes(graph: ModelGraph) -> int:
+    """The bytes of the model's weights (dense ones: what a session holds)."""
+    total = 0
+    for w in graph.weights.values():
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(w.data_type).itemsize
+        total += math.prod(w.dims) * itemsize
+    return total
+
+
+def _output_errors(
+    runner: CutRunner,
+    activations: list[dict[str, np.ndarray]],
+    options: ProfileOptions,
+    tensor_costs: Mapping[str, Mapping[str, CodecCost]],
+) -> dict[str, OutputError]:
+    """What each lossy codec that can send every tensor of the cut does to the outputs."""
+    if runner.tail is None:
+        return {}
+    return {
+        spec.label: _output_error(runner, activations, spec)
+        for spec in options.codecs
+        if spec.codec.lossy and all(spec.label in tensor_costs[t.name] for t in runner.cut.tensors)
+    }
+
+
+def _profile_cut(
+    cut: CutArtifact,
+    activations: list[dict[str, np.ndarray]],
+    tensor_costs: Mapping[str, Mapping[str, CodecCost]],
+    options: ProfileOptions,
+    timed: Mapping[tuple[str, str], list[float]],
+    errors: dict[str, OutputError],
+) -> CutProfile:
+    first = activations[0]
+    head_ms = _summary(timed[cut.id, "head"]) if (cut.id, "head") in timed else None
+    tail_ms = _summary(timed[cut.id, "tail"]) if (cut.id, "tail") in timed else None
     k = options.slowdown
     labels = [s.label for s in options.codecs]
     codecs = {}
@@ -607,10 +702,6 @@ def _profile_cut(
                 sum(p.encode_ms for p in parts if p) * k,
                 sum(p.decode_ms for p in parts if p) * k,
             )
-    errors = {}
-    for spec in options.codecs:
-        if spec.codec.lossy and spec.label in codecs and runner.tail is not None:
-            errors[spec.label] = _output_error(runner, activations, spec)
     return CutProfile(
         id=cut.id,
         tensors=tuple(t.name for t in cut.tensors),
