@@ -104,7 +104,9 @@ def test_a_busy_moment_of_the_machine_does_not_skew_one_cut(chain, monkeypatch):
         feeds = calibration_feeds(chain, samples=1)
         profiled = profile_model(chain, feeds, options, cuts=[cut], progress=False)
         assert seen > 1  # the busy moment happened
-        return profiled.cut(cut.id).head_ms.median_ms
+        head = profiled.cut(cut.id).head_ms
+        assert head is not None
+        return head.median_ms
 
     assert profile_with_a_busy_moment(1) > 30
     assert profile_with_a_busy_moment(3) < 10
