@@ -298,17 +298,11 @@ def _batches(
 # --------------------------------------------------------------------------- measuring
 
 
-def time_call(
-    call: Callable[[], object], *, warmup: int, repeats: int, min_time_ms: float = 0.0
-) -> Timing:
-    """Median and 90th percentile, in ms, of at least ``repeats`` calls after ``warmup``
-    calls, going on until ``min_time_ms`` have been spent (fast calls are noisy)."""
-    return _summary(_samples(call, warmup=warmup, repeats=repeats, min_time_ms=min_time_ms))
-
-
 def _samples(
     call: Callable[[], object], *, warmup: int, repeats: int, min_time_ms: float
 ) -> list[float]:
+    """The times, in ms, of at least ``repeats`` calls after ``warmup`` calls, going on
+    until ``min_time_ms`` have been spent (fast calls are noisy)."""
     for _ in range(warmup):
         call()
     samples: list[float] = []
@@ -322,6 +316,7 @@ def _samples(
 
 
 def _summary(samples: Sequence[float]) -> Timing:
+    """Median and 90th percentile."""
     return Timing(float(np.median(samples)), float(np.percentile(samples, 90)))
 
 
