@@ -4,7 +4,10 @@ a real call adds a fixed cost (serializing, the server's queue and thread hop,
 answering, reading the answer) and a little per tensor. Measured here with two
 trivial models served by a real splitinfer server, one taking one tensor and one
 taking four: a call's time beyond the round trip is ``call_ms``, and what the
-three extra tensors add, per tensor, is ``tensor_ms``.
+three extra tensors add, per tensor, is ``tensor_ms``. The same calls through a
+proxy that counts bytes give what a call puts on the link beyond its tensors'
+payloads (HTTP/2 and gRPC framing, headers, trailers, the messages' own fields):
+about 0.7 kB a call, 1 ms at 5 Mbit/s, enough to tip a close choice on a slow link.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +23,23 @@ from onnx import TensorProto, helper
 
 from partitioner.graph import ModelGraph
 from partitioner.split import write_artifacts
+from runtime.codec import Encoded, encode
 
 MODELS = {"splitinfer_call_1": 1, "splitinfer_call_4": 4}  # model name: tensors it takes
 REPEATS = 40
+
+
+@dataclass(frozen=True)
+class CallCost:
+    """What a split call costs beyond its compute and its tensors' payloads."""
+
+    call_ms: float  # a one-tensor call's time beyond the round trip
+    tensor_ms: float  # what each further tensor adds
+    # bytes on the wire: a request with no tensor, what each tensor adds beyond its
+    # payload and its name, and an answer beyond its output's payload
+    call_bytes: float = 0.0
+    tensor_bytes: float = 0.0
+    answer_bytes: float = 0.0
 
 
 def write_call_models(directory: Path) -> list[Path]:
@@ -56,14 +74,13 @@ def measure_call_cost(
     """(call_ms, tensor_ms) against a server at ``target`` that serves the call models
     (write_call_models), ``rtt_ms`` being the link's round trip: the median time of a
     one-tensor call beyond it, and per tensor what a four-tensor call adds."""
-    from runtime.codec import encode
     from runtime.device.client import SplitClient
 
     medians = {}
     with SplitClient(target) as client:
         client.wait_ready(10)
         for name, count in MODELS.items():
-            tensors = [encode(np.ones((1, 4), np.float32), name=f"t{i}") for i in range(count)]
+            tensors = _call_tensors(count)
             for _ in range(3):
                 client.infer(name, "cloud", tensors, timeout=10)
             times = []
@@ -77,8 +94,42 @@ def measure_call_cost(
     return call_ms, tensor_ms
 
 
-def local_call_cost(repeats: int = REPEATS) -> tuple[float, float]:
-    """(call_ms, tensor_ms) of this machine on loopback, through an in-process server."""
+def measure_wire_bytes(target: str, *, repeats: int = REPEATS) -> tuple[float, float, float]:
+    """(call_bytes, tensor_bytes, answer_bytes) of calls to a server at ``target`` that
+    serves the call models, counted by a proxy in front of it (CallCost says what each
+    is); averages over ``repeats`` warm calls, so that the headers' compression and
+    the connection's own frames weigh as they do in a stream of requests."""
+    from runtime.device.client import SplitClient
+    from runtime.device.linkem import LinkEmulator
+    from runtime.units import parse_address
+
+    per_call: dict[int, tuple[float, float]] = {}
+    with LinkEmulator(*parse_address(target)) as link, SplitClient(link.address) as client:
+        client.wait_ready(10)
+        for name, count in MODELS.items():
+            tensors = _call_tensors(count)
+            for _ in range(3):
+                client.infer(name, "cloud", tensors, timeout=10)
+            time.sleep(0.05)  # the warm-up's last bytes counted before the count starts
+            before = dict(link.carried)
+            for _ in range(repeats):
+                client.infer(name, "cloud", tensors, timeout=10)
+            time.sleep(0.05)
+            per_call[count] = (
+                (link.carried["up"] - before["up"]) / repeats,
+                (link.carried["down"] - before["down"]) / repeats,
+            )
+    payload = len(_call_tensors(1)[0].payload)
+    extra = MODELS["splitinfer_call_4"] - MODELS["splitinfer_call_1"]
+    named = len("t0")  # the call models' tensors' names
+    tensor = (per_call[4][0] - per_call[1][0]) / extra - payload - named
+    call = per_call[1][0] - payload - named - tensor
+    answer = per_call[1][1] - payload  # the answer's output: as big as the input
+    return max(call, 0.0), max(tensor, 0.0), max(answer, 0.0)
+
+
+def local_call_cost(repeats: int = REPEATS) -> CallCost:
+    """This machine's call cost on loopback, through an in-process server."""
     from runtime.cloud.server import BackgroundServer
     from runtime.cloud.tails import TailHost
 
@@ -86,6 +137,11 @@ def local_call_cost(repeats: int = REPEATS) -> tuple[float, float]:
         directories = write_call_models(Path(tmp))
         server = BackgroundServer(TailHost(directories))
         try:
-            return measure_call_cost(server.target, repeats=repeats)
+            times = measure_call_cost(server.target, repeats=repeats)
+            return CallCost(*times, *measure_wire_bytes(server.target, repeats=repeats))
         finally:
             server.stop()
+
+
+def _call_tensors(count: int) -> list[Encoded]:
+    return [encode(np.ones((1, 4), np.float32), name=f"t{i}") for i in range(count)]

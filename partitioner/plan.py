@@ -309,11 +309,11 @@ class Planner:
             tensors=edge.tensors,
             edge_ms=0.0 if edge.head_ms is None else edge.head_ms.median_ms,
             encode_ms=up.encode_ms,
-            transfer_ms=link.up_ms(up.bytes),
+            transfer_ms=link.up_ms(up.bytes + self.request_bytes(edge.tensors)),
             rtt_ms=link.rtt_ms,
             cloud_ms=0.0 if cloud.tail_ms is None else cloud.tail_ms.median_ms,
             decode_ms=down.decode_ms,
-            return_ms=link.down_ms(cloud.output_bytes),
+            return_ms=link.down_ms(cloud.output_bytes + self.cloud.answer_bytes),
             bytes=up.bytes,
             error=error,
             cloud_workers=self.cloud_workers,
@@ -343,6 +343,15 @@ class Planner:
         fixed = self.cloud.call_ms if link.call_ms is None else link.call_ms
         each = self.cloud.tensor_ms if link.tensor_ms is None else link.tensor_ms
         return fixed + each * tensors
+
+    def request_bytes(self, names: Sequence[str]) -> float:
+        """What a call sending the tensors ``names`` puts on the link beyond their
+        payloads: framing, headers, the request's own fields (the cloud profile's
+        measurement, partitioner.calls)."""
+        c = self.cloud
+        if not (c.call_bytes or c.tensor_bytes or c.answer_bytes):
+            return 0.0  # not measured (a profile made without calls): the payloads alone
+        return c.call_bytes + sum(c.tensor_bytes + len(n.encode()) for n in names)
 
     def allowed(self, prediction: Prediction, constraints: Constraints) -> bool:
         if constraints.keep_input_on_device and set(prediction.tensors) & set(self.graph.inputs):
@@ -455,7 +464,9 @@ class Planner:
             send,
             {o: down_w * t for o, t in stages.receive.items()},
             power.idle_w * (link.rtt_ms + self.call_cost(link, 0) + self.cloud.cold_ms)
-            + power.compute_w * self.edge.cold_ms,
+            + power.compute_w * self.edge.cold_ms
+            + up_w * link.up_ms(self.cloud.call_bytes)
+            + down_w * link.down_ms(self.cloud.answer_bytes),
         )
 
     def _check_power(self, objective: Objective, constraints: Constraints) -> None:
@@ -483,6 +494,8 @@ class Planner:
         # paid once, like the round trip: the call, and each side's run after idling (the
         # min-cut's heads all run on both sides)
         rtt = link.rtt_ms + self.call_cost(link, 0) + self.edge.cold_ms + self.cloud.cold_ms
+        # and the call's own bytes, both ways, beyond each tensor's
+        rtt += link.up_ms(self.cloud.call_bytes) + link.down_ms(self.cloud.answer_bytes)
         return CutCosts(stages.edge, stages.cloud, send, stages.receive, rtt)
 
     def stage_costs(self, link: Link, label: str, constraints: Constraints) -> StageCosts:
@@ -497,7 +510,9 @@ class Planner:
                 continue
             forbidden = constraints.keep_input_on_device and name in self.graph.inputs
             encode[name], decode[name] = up.encode_ms, down.decode_ms
-            transfer[name] = math.inf if forbidden else link.up_ms(up.bytes)
+            # with what sending it adds to the request beyond its payload
+            sent = up.bytes + self.request_bytes([name]) - self.cloud.call_bytes
+            transfer[name] = math.inf if forbidden else link.up_ms(sent)
         receive = {o: link.down_ms(self._output_bytes(o)) for o in self.graph.outputs}
         return StageCosts(
             self.edge_nodes,
@@ -520,17 +535,18 @@ class Planner:
         parts = [self.edge.tensors[t][label] for t in cut.tensor_names]
         downs = [self.cloud.tensors[t][label] for t in cut.tensor_names]
         out = sum(self._output_bytes(o) for o in cut.tail_outputs)
+        sent = sum(p.bytes for p in parts) + self.request_bytes(cut.tensor_names)
         return self._priced(Prediction(
             cut=cut.id,
             codec=label,
             tensors=cut.tensor_names,
             edge_ms=edge,
             encode_ms=sum(p.encode_ms for p in parts),
-            transfer_ms=link.up_ms(sum(p.bytes for p in parts)),
+            transfer_ms=link.up_ms(sent),
             rtt_ms=link.rtt_ms,
             cloud_ms=cloud,
             decode_ms=sum(p.decode_ms for p in downs),
-            return_ms=link.down_ms(out),
+            return_ms=link.down_ms(out + self.cloud.answer_bytes),
             bytes=sum(p.bytes for p in parts),
             source="min-cut",
             cloud_workers=self.cloud_workers,

@@ -138,9 +138,13 @@ class Profile:
     full_ms: Timing
     cuts: tuple[CutProfile, ...]
     tensors: dict[str, dict[str, CodecCost]]  # per tensor, per codec label
-    # a split call's own cost on loopback (partitioner.calls): fixed, and per tensor
+    # a split call's own cost on loopback (partitioner.calls.CallCost): fixed, and per
+    # tensor; and its bytes on the wire beyond the tensors' payloads
     call_ms: float = 0.0
     tensor_ms: float = 0.0
+    call_bytes: float = 0.0
+    tensor_bytes: float = 0.0
+    answer_bytes: float = 0.0
     # what a run costs beyond a warm one when this machine idled before it (its caches
     # gone cold), as a request's run does between requests: paid once per run, on
     # either side; not scaled by ``slowdown`` (an emulated device adds it once)
@@ -404,11 +408,11 @@ def profile_model(
             for cut in manifest.cuts
         ]
     k = options.slowdown
-    call_ms, tensor_ms = (0.0, 0.0)
+    call = None
     if calls:
         from partitioner.calls import local_call_cost
 
-        call_ms, tensor_ms = local_call_cost()
+        call = local_call_cost()
     return Profile(
         model=graph.name,
         sha256=model_sha256(graph.model),
@@ -425,9 +429,8 @@ def profile_model(
             name: {label: _scaled_cost(c, k) for label, c in per.items()}
             for name, per in tensor_costs.items()
         },
-        call_ms=call_ms,
-        tensor_ms=tensor_ms,
         cold_ms=cold_ms,
+        **({} if call is None else asdict(call)),
     )
 
 
@@ -814,6 +817,9 @@ def _profile_from_json(raw: dict[str, Any]) -> Profile:
         },
         call_ms=float(raw.get("call_ms", 0.0)),  # older profiles: not measured
         tensor_ms=float(raw.get("tensor_ms", 0.0)),
+        call_bytes=float(raw.get("call_bytes", 0.0)),
+        tensor_bytes=float(raw.get("tensor_bytes", 0.0)),
+        answer_bytes=float(raw.get("answer_bytes", 0.0)),
         cold_ms=float(raw.get("cold_ms", 0.0)),
     )
 
@@ -834,7 +840,8 @@ def _check_numbers(profile: Profile, path: Path) -> None:
         raise ProfileError(f"{path}: cut ids appear twice")
     check(profile.full_ms.median_ms, "full_ms.median_ms")
     check(profile.full_ms.p90_ms, "full_ms.p90_ms")
-    check(profile.cold_ms, "cold_ms")
+    for name in ("cold_ms", "call_ms", "tensor_ms", "call_bytes", "tensor_bytes", "answer_bytes"):
+        check(getattr(profile, name), name)
     for cut in profile.cuts:
         for side, timing in (("head_ms", cut.head_ms), ("tail_ms", cut.tail_ms)):
             if timing is not None:

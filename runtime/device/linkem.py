@@ -85,6 +85,7 @@ class LinkEmulator:
         self.server: asyncio.base_events.Server | None = None
         self.connections: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self.port = 0
+        self.carried = {"up": 0, "down": 0}  # bytes each direction has taken in, so far
 
     # ---- life cycle
 
@@ -220,6 +221,7 @@ class LinkEmulator:
                 data = await reader.read(CHUNK)
                 if not data:
                     break
+                self.carried[direction] += len(data)
                 await self._wait_while_cut()
                 shape = self.state.up if direction == "up" else self.state.down
                 now = time.monotonic()

@@ -15,6 +15,7 @@ import pytest
 import zstandard
 
 from partitioner import ModelGraph, enumerate_cuts, write_artifacts
+from partitioner.plan import Link, Planner
 from partitioner.profile import ProfileOptions, profile_model
 from runtime.artifacts import load_manifest
 from runtime.cloud.batching import BatchOptions
@@ -22,6 +23,7 @@ from runtime.cloud.tails import HostLimits, TailHost
 from runtime.codec import Codec, CodecSpec, encode
 from runtime.device.client import SplitClient, stream_messages
 from runtime.device.edge import StaticSplit
+from runtime.device.linkem import LinkEmulator
 from runtime.engine import CutRunner, SessionOptions, example_feeds
 from runtime.errors import (
     DeadlineError,
@@ -30,6 +32,7 @@ from runtime.errors import (
     OverloadedError,
     RemoteError,
 )
+from runtime.units import parse_address
 from runtime.wire import splitinfer_pb2 as pb
 from tests.graphs import Builder, run
 
@@ -87,6 +90,38 @@ def test_every_cut_and_codec_gives_the_full_models_outputs(resnet_artifacts, hos
                     "server_ms",
                     "decode_ms",
                 }
+
+
+def test_the_plan_prices_every_byte_a_split_call_puts_on_the_link(resnet_artifacts, host, serve):
+    """Beyond its tensors' payloads a call carries framing, headers, trailers and its
+    messages' own fields, a few hundred bytes (half a millisecond at 5 Mbit/s): the
+    plan's transfer and return times are those of the bytes a proxy counts on the link."""
+    directory, model = resnet_artifacts
+    server = serve(host)
+    manifest = load_manifest(directory)
+    feeds = example_feeds(manifest.inputs, batch=1)
+    graph = ModelGraph.load(model)
+    options = ProfileOptions(
+        repeats=1, warmup=0, rounds=1, min_time_ms=0, codecs=(CodecSpec.parse("raw"),)
+    )
+    planner = Planner(graph, *[profile_model(graph, feeds, options, calls=True)] * 2)
+    link = Link(1e6, 0.0)  # a bit a microsecond: each ms is 125 bytes
+    requests = 5
+    with LinkEmulator(*parse_address(server.target)) as proxy, SplitClient(proxy.address) as client:
+        for cut in manifest.cuts:
+            predicted = planner.predict(cut.id, "raw", link)
+            if cut.tail is None or predicted is None:
+                continue
+            split = StaticSplit(directory, client, cut=cut.id, codec=CodecSpec.parse("raw"))
+            split.infer(feeds)  # a connection's first call sends its headers in full
+            before = dict(proxy.carried)
+            for _ in range(requests):
+                split.infer(feeds)
+            up = (proxy.carried["up"] - before["up"]) / requests
+            down = (proxy.carried["down"] - before["down"]) / requests
+            # within the names of the model and the cut, and a frame header per 16 kB
+            assert up == pytest.approx(predicted.transfer_ms * 125, rel=1e-3, abs=40), cut.id
+            assert down == pytest.approx(predicted.return_ms * 125, rel=1e-3, abs=40), cut.id
 
 
 def _big_model(width: int):

@@ -133,14 +133,21 @@ def test_the_plans_default_is_one_of_its_cuts_and_load_plan_checks_it(tmp_path):
 @given(case=planning_cases())
 def test_a_calls_own_cost_is_priced_in_every_split_and_the_min_cut(case):
     """A split call costs more than its round trip, compute and bytes: a fixed part
-    and a part per tensor, paid by every split and never by edge-only. A run after
-    idling costs more than a warm one: once per run, on each side that runs. The plan
-    stays the optimum over every head with them."""
+    and a part per tensor, in time and in bytes on the link both ways, paid by every
+    split and never by edge-only. A run after idling costs more than a warm one: once
+    per run, on each side that runs. The plan stays the optimum over every head with
+    them."""
     import dataclasses
 
     graph, edge, cloud, tensors, link, keep = case
     cloud_profile = dataclasses.replace(
-        synthetic_profile(graph, "cloud", cloud, tensors), call_ms=3.0, tensor_ms=0.7, cold_ms=1.5
+        synthetic_profile(graph, "cloud", cloud, tensors),
+        call_ms=3.0,
+        tensor_ms=0.7,
+        cold_ms=1.5,
+        call_bytes=90.0,
+        tensor_bytes=26.0,
+        answer_bytes=150.0,
     )
     edge_profile = dataclasses.replace(synthetic_profile(graph, "edge", edge, tensors), cold_ms=2.0)
     planner = Planner(graph, edge_profile, cloud_profile)
@@ -151,7 +158,10 @@ def test_a_calls_own_cost_is_priced_in_every_split_and_the_min_cut(case):
         for head in closed_heads(graph):
             extra = 2.0 if head else 0.0  # the device runs a head, or everything
             if head != graph.all_mask:  # a call, and the cloud runs the tail
-                extra += 3.0 + 0.7 * len(graph.crossing(head)) + 1.5
+                crossing = graph.crossing(head)
+                extra += 3.0 + 0.7 * len(crossing) + 1.5
+                sent = 90.0 + sum(26.0 + len(name.encode()) for name in crossing)
+                extra += link.up_ms(sent) + link.down_ms(150.0)
             best = min(best, head_cost(graph, costs, head) + extra)
     assert math.isclose(choice.best.total_ms, best, rel_tol=1e-9, abs_tol=1e-9)
     for p in choice.candidates:
