@@ -196,6 +196,18 @@ class Profile:
             },
         )
 
+    def with_cuts(self, later: Profile) -> Profile:
+        """This profile with the cuts of ``later`` (a later profile of the same model on
+        the same machine, of other cuts) that it lacks. Their times are scaled by the
+        ratio of the two profiles' full-model times, so that the machine being busier
+        or idler between the two does not shift them against these."""
+        if later.sha256 != self.sha256:
+            raise ProfileError(f"the later profile is of another model ({later.model})")
+        known = {c.id for c in self.cuts}
+        drift = self.full_ms.median_ms / later.full_ms.median_ms
+        added = [c for c in later.emulating(self.device, drift).cuts if c.id not in known]
+        return dataclasses.replace(self, cuts=(*self.cuts, *added))
+
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
         body["cuts"] = [asdict(c) for c in self.cuts]

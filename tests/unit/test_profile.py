@@ -314,3 +314,31 @@ def test_delta_codecs_are_planned_for_streams_only(chain):
     priced = {(c.cut, c.codec): c for c in throughput.candidates}
     delta, plain = priced[("cloud", "delta+zstd+shuffle")], priced[("cloud", "zstd+shuffle")]
     assert delta.bytes < plain.bytes / 3 and delta.predicted_fps > 2 * plain.predicted_fps
+
+
+def test_cuts_profiled_later_join_the_profile_scaled_by_the_machines_drift():
+    """A plan may choose a cut the profile did not time (crossed by more tensors than it
+    took): profiled afterwards, it joins the first profile, its times scaled by the
+    two full-model times, and the planner prices it as measured."""
+    from partitioner.plan import Link
+    from runtime.codec import CodecSpec
+
+    graph = ModelGraph.load(FAMILIES["resnet"]())
+    feeds = calibration_feeds(graph, samples=1)
+    options = ProfileOptions(
+        repeats=2, warmup=1, rounds=1, min_time_ms=0, max_tensors=1, codecs=(CodecSpec(),)
+    )
+    first = profile_model(graph, feeds, options, progress=False)
+    wide = next(c for c in enumerate_cuts(graph, max_tensors=None) if len(c.tensors) == 2)
+    assert wide.id not in {c.id for c in first.cuts}
+    later = profile_model(graph, feeds, options, cuts=[wide], progress=False)
+    merged = first.with_cuts(later)
+    assert merged.cuts[: len(first.cuts)] == first.cuts and merged.full_ms == first.full_ms
+    drift = first.full_ms.median_ms / later.full_ms.median_ms
+    joined, timed = merged.cut(wide.id), later.cut(wide.id)
+    assert joined.head_ms is not None and timed.head_ms is not None
+    assert joined.head_ms.median_ms == pytest.approx(timed.head_ms.median_ms * drift)
+    priced = Planner(graph, merged, merged).candidates(Link(10e6, 10.0))
+    assert any(p.cut == wide.id and p.source == "measured" for p in priced)
+    with pytest.raises(ProfileError, match="another model"):
+        first.with_cuts(replace(later, sha256="0" * 64))
