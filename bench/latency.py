@@ -19,7 +19,8 @@ of one request per strategy:
 * cloud-only: the raw input sent, with the best lossless codec for the link;
 * planned: the planner's (cut, codec) for the true link, as a static split;
 * adaptive: EdgeRuntime started from default estimates (10 Mbit/s, 40 ms),
-  measured after a few warm-up requests;
+  measured after a few warm-up requests, over a link of its own shaped alike (its
+  prober's payloads would hold up the other strategies' requests on a shared one);
 * Neurosurgeon and DADS (bench.peers; ``--no-peers`` leaves them out): each
   peer's planner fed with its own inputs measured here (Neurosurgeon's per-layer-
   type regressions, DADS's per-node times), its cut sent raw as the peer does;
@@ -157,7 +158,7 @@ def measure_model(
         warmup=1,
         min_time_ms=0,
         max_tensors=1,
-        codecs=(CodecSpec.parse("raw"), CodecSpec.parse("zstd", level=1)),  # lossless plans
+        codecs=(CodecSpec.parse("raw"), CodecSpec.parse("zstd")),  # lossless plans
     )
     cloud = profile_model(graph, feeds, options, progress=False, calls=True)
     uplinks, rtts = links or ((QUICK_UPLINKS, QUICK_RTTS) if quick else (UPLINKS, RTTS))
@@ -207,23 +208,32 @@ def measure_model(
     server, port = start_server([artifacts, *write_call_models(work / f"{name}-calls")])
     points = []
     try:
-        with LinkEmulator("127.0.0.1", port) as link, SplitClient(link.address) as client:
+        # The adaptive runtime gets a link of its own, shaped alike: its prober's payloads
+        # (16-256 KiB when its estimates go stale while the other strategies take their
+        # turns) would otherwise hold up their requests on the one emulated wire.
+        with (
+            LinkEmulator("127.0.0.1", port) as link,
+            LinkEmulator("127.0.0.1", port) as own,
+            SplitClient(link.address) as client,
+        ):
             client.wait_ready(10)
             for rtt in rtts:
-                link.set(up_bps=1e9, down_bps=1e9, delay_ms=rtt / 2)
+                for shaped in (link, own):
+                    shaped.set(up_bps=1e9, down_bps=1e9, delay_ms=rtt / 2)
                 calls = measure_call_cost(link.address, rtt_ms=rtt, repeats=15)
                 print(
                     f"  a call costs {calls[0]:.2f} ms + {calls[1]:.2f} ms a tensor at RTT {rtt} ms"
                 )
                 for up in uplinks:
-                    link.set(up_bps=up * 1e6, down_bps=up * 1e6, delay_ms=rtt / 2)
+                    for shaped in (link, own):
+                        shaped.set(up_bps=up * 1e6, down_bps=up * 1e6, delay_ms=rtt / 2)
                     points.append(
                         _point(
                             planner,
                             [c["id"] for c in plan.cuts],
                             artifacts,
                             client,
-                            link.address,
+                            own.address,
                             one,
                             up,
                             rtt,
@@ -257,7 +267,7 @@ def _point(
     plan_cuts: list[str],
     artifacts: Path,
     client: SplitClient,
-    target: str,
+    adaptive_target: str,  # the adaptive runtime's own link
     feeds: dict[str, np.ndarray],
     up: float,
     rtt: float,
@@ -325,7 +335,7 @@ def _point(
             routes[f"peer:{peer}"] = route
     planned = min((p for p in choice.candidates if p.cut in plan_cuts), key=lambda p: p.total_ms)
     options = EdgeOptions(deadline_ms=max(1000.0, 4 * edge_ms), slowdown=device.factor)
-    with EdgeRuntime(artifacts, SplitClient(target), options) as runtime:
+    with EdgeRuntime(artifacts, SplitClient(adaptive_target), options) as runtime:
         warm_until = time.monotonic() + WARM_UP_S
         for count in itertools.count():  # warm up from the default estimates
             runtime.infer(feeds)

@@ -69,7 +69,7 @@ def codec_table(
             sent, _ = runner.run_head(feeds)
             raw_bytes = sum(a.nbytes for a in sent.values())
             for label in ("raw", "zstd", "zstd+shuffle", *LOSSY):
-                spec = CodecSpec.parse(label, level=1)
+                spec = CodecSpec.parse(label)
                 start = time.perf_counter()
                 encoded = [encode(a, spec) for a in sent.values()]
                 middle = time.perf_counter()
@@ -107,7 +107,7 @@ def lossy_agreement(
             runner = CutRunner(tmp, manifest, cut)
             sent, _ = runner.run_head({name: images})
             for label in LOSSY:
-                spec = CodecSpec.parse(label, level=1)
+                spec = CodecSpec.parse(label)
                 lossy = {k: decode(encode(v, spec)) for k, v in sent.items()}
                 top1 = np.argmax(runner.run_tail(lossy)[output], 1)
                 rows.append(

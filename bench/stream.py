@@ -67,8 +67,8 @@ RTTS = (10, 40)
 SEQUENCES = ("still", "pan")
 CODECS = (
     CodecSpec.parse("raw"),
-    CodecSpec.parse("zstd", level=1),
-    CodecSpec.parse("zstd+shuffle", level=1),
+    CodecSpec.parse("zstd"),
+    CodecSpec.parse("zstd+shuffle"),
 )
 # streams may send deltas; the sequential baseline and cloud-only send the plain codec
 STREAM = Constraints(codecs=frozenset({"raw", "zstd", "delta+zstd"}))

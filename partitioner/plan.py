@@ -39,7 +39,7 @@ from partitioner.profile import Profile
 from partitioner.split import model_sha256
 from runtime.artifacts import read_json
 from runtime.codec import Codec, CodecSpec
-from runtime.errors import CodecError, PlanError, ProfileError
+from runtime.errors import CodecError, CutError, PlanError, ProfileError
 from runtime.power import PowerModel
 
 PLAN_FORMAT = 1
@@ -229,6 +229,20 @@ class Planner:
         self.edge_nodes = node_costs(graph, edge, self.cuts, side="head")
         self.cloud_nodes = node_costs(graph, cloud, self.cuts, side="tail")
 
+    def _found_cut(self, cut_id: str, tensors: Sequence[str]) -> Cut | None:
+        """A profiled cut that the enumeration does not list (one a min-cut found, then
+        profiled): the cut that sends ``tensors``, when its id is ``cut_id``."""
+        if not tensors:
+            return None
+        try:
+            cut = cut_from_tensors(self.graph, tensors)
+        except CutError:
+            return None
+        if cut.id != cut_id:
+            return None
+        self.cuts[cut.id] = cut
+        return cut
+
     def _check_profiles(self) -> None:
         sha = model_sha256(self.graph.model)
         for profile in (self.edge, self.cloud):
@@ -249,7 +263,7 @@ class Planner:
             )
         for profile in (self.edge, self.cloud):
             for cut in profile.cuts:
-                known = self.cuts.get(cut.id)
+                known = self.cuts.get(cut.id) or self._found_cut(cut.id, cut.tensors)
                 if known is None or known.tensor_names != cut.tensors:
                     raise ProfileError(
                         f"the {profile.device} profile's cut {cut.id} does not match the model's "

@@ -53,15 +53,15 @@ PROFILE_KIND = "splitinfer-profile"
 
 DEFAULT_CODECS = (
     CodecSpec(codec=Codec.RAW),
-    CodecSpec(codec=Codec.ZSTD, level=1),
-    CodecSpec(codec=Codec.ZSTD, level=1, shuffle=True),
-    CodecSpec(codec=Codec.FP16_ZSTD, level=1, shuffle=True),
-    CodecSpec(codec=Codec.INT8_ZSTD, level=1),
+    CodecSpec(codec=Codec.ZSTD),
+    CodecSpec(codec=Codec.ZSTD, shuffle=True),
+    CodecSpec(codec=Codec.FP16_ZSTD, shuffle=True),
+    CodecSpec(codec=Codec.INT8_ZSTD),
 )
 # measured when the profile is given a sequence of frames (profile --frames)
 DELTA_CODECS = (
-    CodecSpec(codec=Codec.DELTA_ZSTD, level=1, shuffle=True),
-    CodecSpec(codec=Codec.DELTA_INT8_ZSTD, level=1),
+    CodecSpec(codec=Codec.DELTA_ZSTD, shuffle=True),
+    CodecSpec(codec=Codec.DELTA_INT8_ZSTD),
 )
 FRAMES_GENERATED = 16
 COLD_GAP_S = 0.05  # a request's idle gap; the cold cost no longer grows past it here

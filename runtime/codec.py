@@ -113,12 +113,17 @@ class Codec(str, Enum):
         return dtype in LOSSLESS_DTYPES
 
 
+DEFAULT_LEVEL = 1
+
+
 @dataclass(frozen=True, kw_only=True)
 class CodecSpec:
     """A codec and its encoder settings."""
 
     codec: Codec = Codec.RAW
-    level: int = 3
+    # zstd's level: 1, the fastest, for every codec the label names (a label carries no
+    # level, so the level a profile prices must be the one a runtime parsing it runs)
+    level: int = DEFAULT_LEVEL
     shuffle: bool = False
     axis: int | None = None  # int8: quantize per channel along this axis
 
@@ -133,7 +138,7 @@ class CodecSpec:
         return text
 
     @classmethod
-    def parse(cls, label: str, *, level: int = 3) -> CodecSpec:
+    def parse(cls, label: str, *, level: int = DEFAULT_LEVEL) -> CodecSpec:
         """The inverse of :attr:`label`: ``"int8+zstd/axis1"`` -> CodecSpec."""
         name, _, axis_text = label.partition("/axis")
         shuffle = name.endswith("+shuffle")
