@@ -7,7 +7,8 @@ taking four: a call's time beyond the round trip is ``call_ms``, and what the
 three extra tensors add, per tensor, is ``tensor_ms``. The same calls through a
 proxy that counts bytes give what a call puts on the link beyond its tensors'
 payloads (HTTP/2 and gRPC framing, headers, trailers, the messages' own fields):
-about 0.7 kB a call, 1 ms at 5 Mbit/s, enough to tip a close choice on a slow link.
+about 0.3 kB a call, half a millisecond at 5 Mbit/s: enough to tip a close choice
+on a slow link.
 """
 
 from __future__ import annotations

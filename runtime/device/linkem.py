@@ -15,6 +15,7 @@ Python API (tests)::
         link.set(up_bps=1e6)
         link.cut("hang")
         link.restore()
+        link.carried  # {"up": bytes, "down": bytes} taken in so far
 
 CLI (people)::
 
