@@ -13,11 +13,13 @@ puts that Python's own library directory first on ``LD_LIBRARY_PATH``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from tests.graphs import write_adaptive_artifacts
 ROOT = Path(__file__).resolve().parents[2]
 TRITON_PYTHON = ROOT / ".triton-venv" / "bin" / "python"
 SERVE = ROOT / "tests" / "triton" / "serve_tails.py"
+STARTUP_S = 120  # Triton loads each tail in a process of its own: seconds, not minutes
 
 
 def _has_pytriton() -> str | None:
@@ -74,25 +77,50 @@ def triton(tmp_path_factory):
             stderr=subprocess.DEVNULL,
             text=True,
             env=env,
+            start_new_session=True,  # Triton's own processes go with it, whatever happens
         )
-        assert process.stdout is not None
-        if any(line.strip() == "serving" for line in process.stdout):  # its log lines first
+        started = _serving(process, STARTUP_S)
+        if started:
             break
-        process.wait(timeout=30)  # it ended: a port was taken, try others
+        _end(process)  # it ended (a port was taken) or hung: try again, on other ports
     else:
-        pytest.fail("Triton did not start")
-    # its log goes on: read it, or a full pipe would stop Triton
-    threading.Thread(target=process.stdout.read, daemon=True).start()
+        pytest.fail(f"Triton did not say it was serving within {STARTUP_S} s, three times")
     client = KServeClient(f"127.0.0.1:{grpc_port}")
     client.wait_ready(60)
     yield directory, f"127.0.0.1:{grpc_port}"
     client.close()
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    _end(process)
+
+
+def _serving(process: subprocess.Popen, timeout_s: float) -> bool:
+    """Whether ``process`` prints "serving" (after its log lines) within ``timeout_s``;
+    its output goes on being read after that, or a full pipe would stop Triton."""
+    said = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.strip() == "serving":
+                said.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while not said.wait(0.2):
+        if process.poll() is not None or time.monotonic() > deadline:
+            return False
+    return True
+
+
+def _end(process: subprocess.Popen) -> None:
+    """Stop the server and every process it started (SIGINT, then SIGKILL)."""
+    for sig, wait_s in ((signal.SIGINT, 60), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _x(seed: int = 0) -> dict[str, np.ndarray]:
