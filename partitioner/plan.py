@@ -362,10 +362,14 @@ class Planner:
         """What a call sending the tensors ``names`` puts on the link beyond their
         payloads: framing, headers, the request's own fields (the cloud profile's
         measurement, partitioner.calls)."""
+        return self.cloud.call_bytes + sum(self._tensor_wire_bytes(n) for n in names)
+
+    def _tensor_wire_bytes(self, name: str) -> float:
+        """What sending the tensor ``name`` adds to a call beyond its payload: its fields
+        and its name; nothing where the profile did not measure a call's bytes."""
         c = self.cloud
-        if not (c.call_bytes or c.tensor_bytes or c.answer_bytes):
-            return 0.0  # not measured (a profile made without calls): the payloads alone
-        return c.call_bytes + sum(c.tensor_bytes + len(n.encode()) for n in names)
+        measured = c.call_bytes or c.tensor_bytes or c.answer_bytes
+        return c.tensor_bytes + len(name.encode()) if measured else 0.0
 
     def allowed(self, prediction: Prediction, constraints: Constraints) -> bool:
         if constraints.keep_input_on_device and set(prediction.tensors) & set(self.graph.inputs):
@@ -524,8 +528,7 @@ class Planner:
                 continue
             forbidden = constraints.keep_input_on_device and name in self.graph.inputs
             encode[name], decode[name] = up.encode_ms, down.decode_ms
-            # with what sending it adds to the request beyond its payload
-            sent = up.bytes + self.request_bytes([name]) - self.cloud.call_bytes
+            sent = up.bytes + self._tensor_wire_bytes(name)
             transfer[name] = math.inf if forbidden else link.up_ms(sent)
         receive = {o: link.down_ms(self._output_bytes(o)) for o in self.graph.outputs}
         return StageCosts(

@@ -79,8 +79,7 @@ def triton(tmp_path_factory):
             env=env,
             start_new_session=True,  # Triton's own processes go with it, whatever happens
         )
-        started = _serving(process, STARTUP_S)
-        if started:
+        if _serving(process, STARTUP_S):
             break
         _end(process)  # it ended (a port was taken) or hung: try again, on other ports
     else:
