@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from partitioner.graph import ModelGraph, bits, members
+from runtime.cost import Stages
 
 INF = math.inf
 _EPS = 1e-12
@@ -244,31 +245,6 @@ class StageCosts:
             send=send,
             receive={name: downlink * r for name, r in self.receive.items()},
         )
-
-
-@dataclass(frozen=True)
-class Stages:
-    """One frame's time in each stage of the pipeline."""
-
-    device_ms: float  # head and encode
-    uplink_ms: float
-    cloud_ms: float  # decode and tail, per worker
-    downlink_ms: float
-
-    @property
-    def bottleneck_ms(self) -> float:
-        return max(self.device_ms, self.uplink_ms, self.cloud_ms, self.downlink_ms)
-
-    @property
-    def bottleneck(self) -> str:
-        """The slowest stage: device, uplink, cloud or downlink (the first of equals)."""
-        times = {
-            "device": self.device_ms,
-            "uplink": self.uplink_ms,
-            "cloud": self.cloud_ms,
-            "downlink": self.downlink_ms,
-        }
-        return max(times, key=lambda name: times[name])
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,12 @@ from typing import Any, Literal
 
 from partitioner.cuts import CLOUD_ONLY, EDGE_ONLY, Cut, cut_from_tensors, enumerate_cuts
 from partitioner.graph import ModelGraph, members
-from partitioner.mincut import CutCosts, StageCosts, Stages, bottleneck_cut, optimal_cut
+from partitioner.mincut import CutCosts, StageCosts, bottleneck_cut, optimal_cut
 from partitioner.profile import Profile
 from partitioner.split import model_sha256
 from runtime.artifacts import read_json
 from runtime.codec import Codec, CodecSpec
+from runtime.cost import Link, Stages
 from runtime.errors import CodecError, CutError, PlanError, ProfileError
 from runtime.power import PowerModel
 
@@ -52,40 +53,6 @@ OBJECTIVES: tuple[Objective, ...] = ("latency", "throughput", "energy")
 # energy + weight x latency (mJ + ms), for candidates that trade energy for time when
 # a deadline or an energy cap is set (each is an additive model: one min-cut)
 TRADE_WEIGHTS = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0)
-
-
-@dataclass(frozen=True)
-class Link:
-    """A link as the cost model sees it."""
-
-    uplink_bps: float
-    rtt_ms: float
-    downlink_bps: float | None = None  # None: as fast as the uplink
-    # what a split call costs beyond the RTT, its compute and its bytes: fixed, and per
-    # tensor sent (None: as the cloud profile measured it on loopback)
-    call_ms: float | None = None
-    tensor_ms: float | None = None
-
-    def __post_init__(self) -> None:
-        if not self.uplink_bps > 0 or (self.downlink_bps is not None and not self.downlink_bps > 0):
-            raise PlanError("link rates must be positive")
-        if not self.rtt_ms >= 0:
-            raise PlanError("the round-trip time cannot be negative")
-        for cost in (self.call_ms, self.tensor_ms):
-            if cost is not None and not (math.isfinite(cost) and cost >= 0):
-                raise PlanError("a call's cost must be finite and at least 0")
-
-    def up_ms(self, nbytes: float) -> float:
-        return nbytes * 8 / self.uplink_bps * 1000.0
-
-    def down_ms(self, nbytes: float) -> float:
-        return nbytes * 8 / (self.downlink_bps or self.uplink_bps) * 1000.0
-
-    def describe(self) -> str:
-        text = f"uplink {self.uplink_bps / 1e6:g} Mbit/s, RTT {self.rtt_ms:g} ms"
-        if self.downlink_bps:
-            text += f", downlink {self.downlink_bps / 1e6:g} Mbit/s"
-        return text
 
 
 # --------------------------------------------------------------------------- predictions
