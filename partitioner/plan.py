@@ -28,7 +28,7 @@ import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,9 +37,10 @@ from partitioner.graph import ModelGraph, members
 from partitioner.mincut import CutCosts, StageCosts, bottleneck_cut, optimal_cut
 from partitioner.profile import Profile
 from partitioner.split import model_sha256
+from runtime import cost
 from runtime.artifacts import read_json
 from runtime.codec import Codec, CodecSpec
-from runtime.cost import Link, Stages
+from runtime.cost import CALL_FIELDS, Breakdown, CallCosts, Link, Parts, Stages
 from runtime.errors import CodecError, CutError, PlanError, ProfileError
 from runtime.power import PowerModel
 
@@ -58,55 +59,25 @@ TRADE_WEIGHTS = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0)
 # --------------------------------------------------------------------------- predictions
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """The cost model's breakdown for one (cut, codec), per request, in ms."""
+@dataclass(frozen=True, kw_only=True)
+class Prediction(Breakdown):
+    """The cost model's breakdown for one (cut, codec), per request, in ms
+    (runtime.cost.Breakdown), and what the planner knows of the candidate."""
 
     cut: str
     codec: str
     tensors: tuple[str, ...]
-    edge_ms: float
-    encode_ms: float
-    transfer_ms: float
-    rtt_ms: float
-    cloud_ms: float
-    decode_ms: float
-    return_ms: float
-    bytes: float
+    bytes: float  # the tensors' payloads, encoded
     error: float | None = None  # relative L2 error of the outputs, for lossy codecs
     source: str = "measured"  # or "min-cut": priced by the additive model
     cloud_workers: int = 1  # the server's parallel workers, which share the cloud stage
     energy_mj: float | None = None  # the device's energy, with a power model
-    call_ms: float = 0.0  # the call's own cost beyond the RTT (gRPC, both ends' hops)
-    # what a request's run after idling costs beyond a warm one, on each side that runs
-    # (a stream's frames run back to back: not in the stages)
-    edge_cold_ms: float = 0.0
-    cloud_cold_ms: float = 0.0
-
-    @property
-    def total_ms(self) -> float:
-        return (
-            self.edge_ms
-            + self.edge_cold_ms
-            + self.cloud_cold_ms
-            + self.encode_ms
-            + self.transfer_ms
-            + self.rtt_ms
-            + self.call_ms
-            + self.cloud_ms
-            + self.decode_ms
-            + self.return_ms
-        )
+    parts: Parts | None = field(default=None, repr=False, compare=False)  # what was priced
 
     @property
     def stages(self) -> Stages:
         """Per frame, each stage of the pipeline (edge-only: all of it on the device)."""
-        return Stages(
-            device_ms=self.edge_ms + self.encode_ms,
-            uplink_ms=self.transfer_ms,
-            cloud_ms=(self.decode_ms + self.cloud_ms) / self.cloud_workers,
-            downlink_ms=self.return_ms,
-        )
+        return cost.stages(self, self.cloud_workers)
 
     @property
     def predicted_fps(self) -> float:
@@ -116,6 +87,7 @@ class Prediction:
 
     def to_json(self, objective: Objective = "latency") -> dict[str, Any]:
         data = {**asdict(self), "predicted_ms": self.total_ms}
+        del data["parts"], data["answer_ms"], data["penalty_ms"]  # the device's alone
         if self.energy_mj is None:
             del data["energy_mj"]
         if objective != "throughput":
@@ -186,6 +158,8 @@ class Planner:
         self.edge = edge
         self.cloud = cloud
         self.cloud_workers = cloud_workers
+        # a call's own time and bytes, as the cloud profile measured them
+        self.call = CallCosts.from_json({name: getattr(cloud, name) for name in CALL_FIELDS})
         # bottleneck heads by (codec, uplink, downlink, keep_input_on_device): a sweep
         # asks for the same link at every RTT, and the RTT is no stage
         self._bottleneck_heads: dict[tuple[str, float, float | None, bool], int] = {}
@@ -269,74 +243,71 @@ class Planner:
 
     def predict(self, cut_id: str, label: str, link: Link) -> Prediction | None:
         """A measured cut priced with one codec; None when the codec cannot carry it."""
+        parts = self.parts(cut_id, label)
+        if parts is None:
+            return None
+        if cut_id == EDGE_ONLY:
+            return self._prediction(cut_id, "-", parts, link)
+        error = None
+        if CodecSpec.parse(label).codec.lossy:
+            edge, cloud = self.edge.cut(cut_id), self.cloud.cut(cut_id)
+            measured = [p.errors[label].rel_l2 for p in (edge, cloud) if label in p.errors]
+            error = max(measured) if measured else math.inf
+        return self._prediction(cut_id, label, parts, link, error=error)
+
+    def parts(self, cut_id: str, label: str) -> Parts | None:
+        """What one request through a measured cut takes with one codec, from the two
+        profiles (what the cost model prices on a link); None when the codec cannot
+        carry it. Edge-only takes any label."""
         edge, cloud = self.edge.cut(cut_id), self.cloud.cut(cut_id)
         if cut_id == EDGE_ONLY:
-            full, workers = self.edge.full_ms.median_ms, self.cloud_workers
-            local = Prediction(
-                cut_id, "-", (), full, 0, 0, 0, 0, 0, 0, 0.0,
-                cloud_workers=workers, edge_cold_ms=self.edge.cold_ms,
-            )  # fmt: skip
-            return self._priced(local, link)
+            return Parts(edge_ms=self.edge.full_ms.median_ms, edge_cold_ms=self.edge.cold_ms)
         up, down = edge.codecs.get(label), cloud.codecs.get(label)
         if up is None or down is None:
             return None
-        error = None
-        if CodecSpec.parse(label).codec.lossy:
-            measured = [p.errors[label].rel_l2 for p in (edge, cloud) if label in p.errors]
-            error = max(measured) if measured else math.inf
-        return self._priced(Prediction(
-            cut=cut_id,
-            codec=label,
-            tensors=edge.tensors,
+        return Parts(
             edge_ms=0.0 if edge.head_ms is None else edge.head_ms.median_ms,
             encode_ms=up.encode_ms,
-            transfer_ms=link.up_ms(up.bytes + self.request_bytes(edge.tensors)),
-            rtt_ms=link.rtt_ms,
+            sent_bytes=up.bytes,
+            tensors=edge.tensors,
             cloud_ms=0.0 if cloud.tail_ms is None else cloud.tail_ms.median_ms,
             decode_ms=down.decode_ms,
-            return_ms=link.down_ms(cloud.output_bytes + self.cloud.answer_bytes),
-            bytes=up.bytes,
-            error=error,
-            cloud_workers=self.cloud_workers,
-            call_ms=self.call_cost(link, len(edge.tensors)),
+            output_bytes=cloud.output_bytes,
             edge_cold_ms=0.0 if edge.head_ms is None else self.edge.cold_ms,
             cloud_cold_ms=0.0 if cloud.tail_ms is None else self.cloud.cold_ms,
-        ), link)  # fmt: skip
-
-    def _priced(self, prediction: Prediction, link: Link) -> Prediction:
-        """``prediction`` with the device's energy, when there is a power model."""
-        if self.power is None:
-            return prediction
-        p = prediction
-        energy = self.power.energy_mj(
-            compute_ms=p.edge_ms + p.edge_cold_ms + p.encode_ms,
-            transfer_ms=p.transfer_ms,
-            return_ms=p.return_ms,
-            idle_ms=p.rtt_ms + p.call_ms + p.cloud_ms + p.cloud_cold_ms + p.decode_ms,
-            uplink_mbit=link.uplink_bps / 1e6,
-            downlink_mbit=(link.downlink_bps or link.uplink_bps) / 1e6,
         )
-        return replace(p, energy_mj=energy)
+
+    def _prediction(
+        self,
+        cut_id: str,
+        label: str,
+        parts: Parts,
+        link: Link,
+        *,
+        error: float | None = None,
+        source: str = "measured",
+    ) -> Prediction:
+        """``parts`` priced on ``link`` (runtime.cost), with the device's energy when
+        there is a power model."""
+        priced = cost.price(parts, link, self.call)
+        energy = None if self.power is None else cost.energy_mj(self.power, priced, link)
+        return Prediction(
+            **{f.name: getattr(priced, f.name) for f in fields(Breakdown)},
+            cut=cut_id,
+            codec=label,
+            tensors=parts.tensors,
+            bytes=parts.sent_bytes,
+            error=error,
+            source=source,
+            cloud_workers=self.cloud_workers,
+            energy_mj=energy,
+            parts=parts,
+        )
 
     def call_cost(self, link: Link, tensors: int) -> float:
         """What a split call of ``tensors`` tensors costs beyond the RTT, its compute and
         its bytes: the link's figures, or the cloud profile's (measured on loopback)."""
-        fixed = self.cloud.call_ms if link.call_ms is None else link.call_ms
-        each = self.cloud.tensor_ms if link.tensor_ms is None else link.tensor_ms
-        return fixed + each * tensors
-
-    def request_bytes(self, names: Sequence[str]) -> float:
-        """What a call sending the tensors ``names`` puts on the link beyond their
-        payloads: framing, headers, the request's own fields (the cloud profile's
-        measurement, partitioner.calls)."""
-        return self.cloud.call_bytes + sum(self._tensor_wire_bytes(n) for n in names)
-
-    def _tensor_wire_bytes(self, name: str) -> float:
-        """What sending the tensor ``name`` adds to a call beyond its payload: its fields
-        and its name; nothing where the profile did not measure a call's bytes."""
-        c = self.cloud
-        measured = c.call_bytes or c.tensor_bytes or c.answer_bytes
-        return c.tensor_bytes + len(name.encode()) if measured else 0.0
+        return self.call.ms(link, tensors)
 
     def allowed(self, prediction: Prediction, constraints: Constraints) -> bool:
         if constraints.keep_input_on_device and set(prediction.tensors) & set(self.graph.inputs):
@@ -435,7 +406,7 @@ class Planner:
             raise PlanError("the energy objective needs a power model (--power)")
         stages = self.stage_costs(link, label, constraints)
         up_w = power.uplink_w(link.uplink_bps / 1e6)
-        down_w = power.downlink_w((link.downlink_bps or link.uplink_bps) / 1e6)
+        down_w = power.downlink_w(link.downlink_rate / 1e6)
         each = self.call_cost(link, 1) - self.call_cost(link, 0)
         send = {
             name: power.compute_w * stages.encode[name]
@@ -450,8 +421,8 @@ class Planner:
             {o: down_w * t for o, t in stages.receive.items()},
             power.idle_w * (link.rtt_ms + self.call_cost(link, 0) + self.cloud.cold_ms)
             + power.compute_w * self.edge.cold_ms
-            + up_w * link.up_ms(self.cloud.call_bytes)
-            + down_w * link.down_ms(self.cloud.answer_bytes),
+            + up_w * link.up_ms(self.call.call_bytes)
+            + down_w * link.down_ms(self.call.answer_bytes),
         )
 
     def _check_power(self, objective: Objective, constraints: Constraints) -> None:
@@ -480,7 +451,7 @@ class Planner:
         # min-cut's heads all run on both sides)
         rtt = link.rtt_ms + self.call_cost(link, 0) + self.edge.cold_ms + self.cloud.cold_ms
         # and the call's own bytes, both ways, beyond each tensor's
-        rtt += link.up_ms(self.cloud.call_bytes) + link.down_ms(self.cloud.answer_bytes)
+        rtt += link.up_ms(self.call.call_bytes) + link.down_ms(self.call.answer_bytes)
         return CutCosts(stages.edge, stages.cloud, send, stages.receive, rtt)
 
     def stage_costs(self, link: Link, label: str, constraints: Constraints) -> StageCosts:
@@ -495,7 +466,7 @@ class Planner:
                 continue
             forbidden = constraints.keep_input_on_device and name in self.graph.inputs
             encode[name], decode[name] = up.encode_ms, down.decode_ms
-            sent = up.bytes + self._tensor_wire_bytes(name)
+            sent = up.bytes + self.call.tensor_wire_bytes(name)
             transfer[name] = math.inf if forbidden else link.up_ms(sent)
         receive = {o: link.down_ms(self._output_bytes(o)) for o in self.graph.outputs}
         return StageCosts(
@@ -514,30 +485,20 @@ class Planner:
 
     def _additive_prediction(self, cut: Cut, label: str, link: Link) -> Prediction:
         head = cut.head  # neither empty nor the whole model: both sides run
-        edge = sum(self.edge_nodes[i] for i in members(head))
-        cloud = sum(self.cloud_nodes[i] for i in members(self.graph.all_mask & ~head))
-        parts = [self.edge.tensors[t][label] for t in cut.tensor_names]
+        ups = [self.edge.tensors[t][label] for t in cut.tensor_names]
         downs = [self.cloud.tensors[t][label] for t in cut.tensor_names]
-        out = sum(self._output_bytes(o) for o in cut.tail_outputs)
-        sent = sum(p.bytes for p in parts) + self.request_bytes(cut.tensor_names)
-        return self._priced(Prediction(
-            cut=cut.id,
-            codec=label,
+        parts = Parts(
+            edge_ms=sum(self.edge_nodes[i] for i in members(head)),
+            encode_ms=sum(p.encode_ms for p in ups),
+            sent_bytes=sum(p.bytes for p in ups),
             tensors=cut.tensor_names,
-            edge_ms=edge,
-            encode_ms=sum(p.encode_ms for p in parts),
-            transfer_ms=link.up_ms(sent),
-            rtt_ms=link.rtt_ms,
-            cloud_ms=cloud,
+            cloud_ms=sum(self.cloud_nodes[i] for i in members(self.graph.all_mask & ~head)),
             decode_ms=sum(p.decode_ms for p in downs),
-            return_ms=link.down_ms(out + self.cloud.answer_bytes),
-            bytes=sum(p.bytes for p in parts),
-            source="min-cut",
-            cloud_workers=self.cloud_workers,
-            call_ms=self.call_cost(link, len(cut.tensor_names)),
+            output_bytes=sum(self._output_bytes(o) for o in cut.tail_outputs),
             edge_cold_ms=self.edge.cold_ms,
             cloud_cold_ms=self.cloud.cold_ms,
-        ), link)  # fmt: skip
+        )
+        return self._prediction(cut.id, label, parts, link, source="min-cut")
 
     def choose(
         self,
