@@ -30,7 +30,7 @@ from runtime.errors import (
 )
 
 _LAZY = {
-    "EdgeOptions": "runtime.device.adaptive",
+    "EdgeOptions": "runtime.device.options",
     "EdgeRuntime": "runtime.device.adaptive",
     "StaticSplit": "runtime.device.edge",
     "SplitClient": "runtime.device.client",

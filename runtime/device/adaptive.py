@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import queue
 import threading
 import time
@@ -39,9 +38,12 @@ import numpy as np
 from runtime.artifacts import load_manifest
 from runtime.codec import Codec, CodecSpec, Encoded, encoded_size
 from runtime.device.client import ClientTLS, Reply, SplitClient
+from runtime.device.costs import EWMA, _blend, _CutCosts
 from runtime.device.edge import Result, encode_all
 from runtime.device.link import CircuitBreaker, LinkEstimator
+from runtime.device.options import EdgeOptions
 from runtime.device.pipeline import Pipeline
+from runtime.device.policy import EXPLORE_EVERY, EXPLORE_RATIO, _Route
 from runtime.engine import (
     CutRunner,
     SessionOptions,
@@ -58,93 +60,10 @@ from runtime.errors import (
     RemoteError,
     SplitInferError,
 )
-from runtime.power import PowerModel
 
-EWMA = 0.3
-PENALTY_FADE_S = 1.0  # a late call's penalty fades by e every second
-EXPLORE_RATIO = 2.0  # a trial of a stale cut costs at most this many times the path taken
-EXPLORE_EVERY = 10  # requests at least between two trials of a stale cut
 IDLE_AFTER_S = 5.0  # no throughput probes on a link the device has not used for this long
 LOCAL = "\0local"  # the local run's key among the cuts' ids
 log = logging.getLogger("splitinfer.edge")
-
-
-@dataclass(frozen=True, kw_only=True)
-class EdgeOptions:
-    """How the runtime behaves. ``codec`` is one codec for every split, or "auto": for
-    each cut, the codecs the plan chose for it (raw without a plan), and per request
-    the one predicted fastest. ``slowdown`` emulates a device that many times slower
-    (local compute is dilated by sleeping: runtime.engine.SlowDevice); ``exact`` turns
-    ONNX Runtime's graph optimizations off, so that every path gives bit-identical
-    outputs."""
-
-    deadline_ms: float = 200.0
-    codec: str = "auto"
-    slowdown: float = 1.0
-    exact: bool = False
-    uplink_bps: float = 10e6  # the estimator's seed, unless the plan has a default link
-    rtt_ms: float = 40.0
-    hedge: bool = True  # compute locally once the cloud's answer is late
-    probe_interval_s: float = 0.2
-    stale_s: float = 0.5
-    local_margin: float = 1.0  # a split must be predicted this many times faster
-    explore_s: float = 2.0  # a cut's costs older than this are stale: try it again
-    # streams (submit, stream): how their cut is chosen ("throughput": the most frames
-    # per second; "latency": as infer), whether frames sent with zstd go as delta+zstd,
-    # and a key frame every this many frames of a tensor (0: only when needed)
-    stream_objective: str = "throughput"
-    delta: bool = True
-    key_every: int = 0
-    cuts: tuple[str, ...] | None = None  # only these cuts (None: every one the plan serves)
-    # infer(): the fastest path ("latency"), or the one predicted to spend the least of
-    # the device's energy within the deadline ("energy", with ``power``); with a power
-    # model, every Result's timing and stats() carry the device's energy estimate
-    objective: str = "latency"
-    power: PowerModel | None = None
-
-    def __post_init__(self) -> None:
-        if self.stream_objective not in ("throughput", "latency"):
-            raise ValueError(
-                f"stream_objective must be 'throughput' or 'latency', not {self.stream_objective!r}"
-            )
-        if self.key_every < 0:
-            raise ValueError(f"key_every must be 0 or more, not {self.key_every}")
-        if self.objective not in ("latency", "energy"):
-            raise ValueError(f"objective must be 'latency' or 'energy', not {self.objective!r}")
-        if self.objective == "energy" and self.power is None:
-            raise ValueError("objective='energy' needs the device's power model (power=...)")
-
-
-@dataclass
-class _CutCosts:
-    """What one cut recently cost, per request (ms, bytes)."""
-
-    head_ms: float
-    encode_ms: float = 0.0
-    server_ms: float = 0.0
-    decode_ms: float = 0.0
-    up_bytes: float = 0.0
-    down_bytes: float = 0.0
-    penalty_ms: float = 0.0  # after calls that were late: what they cost at least, fading
-    penalty_at: float = 0.0
-    measured_at: float = field(default_factory=time.monotonic)  # by the last answer
-    tried_at: float = 0.0  # the last trial's start
-
-    def penalty(self) -> float:
-        return self.penalty_ms * math.exp(-(time.monotonic() - self.penalty_at) / PENALTY_FADE_S)
-
-    def last_seen(self) -> float:
-        return max(self.measured_at, self.tried_at)
-
-
-@dataclass(frozen=True)
-class _Route:
-    """Where one request goes: a (cut, codec) pair, and for a trial of a stale cut
-    the longest wait for its answer."""
-
-    key: tuple[str, str]
-    wait_ms: float = math.inf
-    trial: bool = False
 
 
 @dataclass
@@ -162,10 +81,6 @@ class _Stats:
     sent_bytes: int = 0  # payload bytes sent up, every path
     explored: int = 0
     by_cut: dict[str, int] = field(default_factory=dict)
-
-
-def _blend(old: float, new: float, weight: float = EWMA) -> float:
-    return (1 - weight) * old + weight * new
 
 
 class EdgeRuntime:

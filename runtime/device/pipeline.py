@@ -39,7 +39,8 @@ from runtime.engine import check_feeds
 from runtime.errors import DeadlineError, NotFoundError, SplitInferError
 
 if TYPE_CHECKING:
-    from runtime.device.adaptive import EdgeRuntime, _Route
+    from runtime.device.adaptive import EdgeRuntime
+    from runtime.device.policy import _Route
 
 MIN_WINDOW, MAX_WINDOW = 2, 16
 LATE_FACTOR = 3.0  # an answer later than this many times its prediction is given up
