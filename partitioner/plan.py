@@ -738,6 +738,12 @@ def sweep(
         for (_, best), start, stop in zip(runs, starts, stops, strict=True):
             segments.append(Segment(rtt, start, stop, best.cut, best.codec, best.total_ms))
     cloud_ms = {p.cut: p.cloud_ms + p.cloud_cold_ms for options in grid.values() for p in options}
+    # what each (cut, codec) takes, for the device to price as the planner does
+    parts: dict[str, dict[str, Parts]] = {}
+    for options in grid.values():
+        for p in options:
+            if p.parts is not None:
+                parts.setdefault(p.cut, {})[p.codec] = p.parts
     cuts = []
     for cut in sorted((planner.cuts[c] for c in kept), key=lambda c: c.head_nodes):
         cuts.append(
@@ -747,6 +753,7 @@ def sweep(
                 "device_outputs": list(cut.head_outputs),
                 "codecs": sorted({s.codec for s in segments if s.cut == cut.id}),
                 "cloud_ms": cloud_ms.get(cut.id, 0.0),  # the tail's predicted server time
+                "parts": {k: v.to_json() for k, v in sorted(parts.get(cut.id, {}).items())},
             }
         )
     default_json: dict[str, Any] = {}
@@ -777,6 +784,7 @@ def sweep(
     for name in ("deadline_ms", "max_energy_mj"):
         if getattr(constraints, name) is not None:
             settings[name] = getattr(constraints, name)
+    settings["call"] = planner.call.to_json()
     return Plan(
         model=planner.graph.name,
         sha256=model_sha256(planner.graph.model),
@@ -929,6 +937,11 @@ def load_plan(path: str | Path, graph: ModelGraph | None = None) -> Plan:
                     "device_outputs": _strings(c.get("device_outputs", [])),
                     "codecs": _strings(c["codecs"]),
                     "cloud_ms": _milliseconds(c.get("cloud_ms", 0.0)),
+                    # older plans: none (the device then measures what it can)
+                    "parts": {
+                        str(k): Parts.from_json(v).to_json()
+                        for k, v in dict(c.get("parts", {})).items()
+                    },
                 }
                 for c in raw["cuts"]
             ),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from runtime.errors import PlanError
@@ -154,6 +154,20 @@ class Parts:
     edge_cold_ms: float = 0.0
     cloud_cold_ms: float = 0.0
     penalty_ms: float = 0.0  # the device's: what late calls on this path cost at least
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "penalty_ms"}
+        return {**data, "tensors": list(self.tensors)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Parts:
+        """From a plan's figures (absent ones: 0)."""
+        numbers = {
+            f.name: float(data[f.name])
+            for f in fields(cls)
+            if f.name not in ("tensors", "penalty_ms") and f.name in data
+        }
+        return cls(**numbers, tensors=tuple(str(t) for t in data.get("tensors", ())))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -37,13 +37,15 @@ import numpy as np
 
 from runtime.artifacts import load_manifest
 from runtime.codec import Codec, CodecSpec, Encoded, encoded_size
+from runtime.cost import Breakdown, CallCosts, Parts, Stages, finished_mj
 from runtime.device.client import ClientTLS, Reply, SplitClient
-from runtime.device.costs import EWMA, _blend, _CutCosts
+from runtime.device.costs import EWMA, CostTable, Key, Measured, PathCosts, Snapshot
 from runtime.device.edge import Result, encode_all
 from runtime.device.link import CircuitBreaker, LinkEstimator
 from runtime.device.options import EdgeOptions
 from runtime.device.pipeline import Pipeline
-from runtime.device.policy import EXPLORE_EVERY, EXPLORE_RATIO, _Route
+from runtime.device.policy import Policy, Route
+from runtime.device.prober import MIN_PROBE_BYTES, Prober
 from runtime.engine import (
     CutRunner,
     SessionOptions,
@@ -60,10 +62,12 @@ from runtime.errors import (
     RemoteError,
     SplitInferError,
 )
+from runtime.power import PowerModel
 
-IDLE_AFTER_S = 5.0  # no throughput probes on a link the device has not used for this long
-LOCAL = "\0local"  # the local run's key among the cuts' ids
+LOCAL = "\0local"  # the local run's key among the device's works
 log = logging.getLogger("splitinfer.edge")
+
+__all__ = ["EdgeOptions", "EdgeRuntime"]
 
 
 @dataclass
@@ -86,7 +90,10 @@ class _Stats:
 class EdgeRuntime:
     """Runs a model on the device, splitting it with a server when that pays off.
 
-    Thread-safe; use as a context manager or call close().
+    A request's steps (``infer``): check its inputs, ask the policy where it goes
+    (runtime.device.policy, from a snapshot of the cost table and the link
+    estimate), split or run locally, and record what it cost. Thread-safe; use as
+    a context manager or call close().
     """
 
     def __init__(
@@ -99,8 +106,9 @@ class EdgeRuntime:
         self.manifest = load_manifest(directory)
         sessions = SessionOptions(optimize=not options.exact)
         self.local = make_session(self.directory / self.manifest.full, sessions)
+        plan = self.manifest.plan or {}
         # the plan's cuts by id: what it chose to serve, with their codecs and server time
-        self.planned = {c["id"]: c for c in (self.manifest.plan or {}).get("cuts", [])}
+        self.planned = {c["id"]: c for c in plan.get("cuts", [])}
         self.cuts: dict[str, CutRunner] = {
             cut.id: CutRunner(self.directory, self.manifest, cut, sessions, load_tail=False)
             for cut in self.manifest.cuts
@@ -114,30 +122,38 @@ class EdgeRuntime:
             raise ValueError(f"no cut {sorted(unknown)[0]!r} in {directory}; it has: {known}")
         self.codecs = self._codecs(options.codec)
         self.stream_codecs = self._stream_codecs()
-        seed = (self.manifest.plan or {}).get("default", {}).get("link", {})
+        seed = plan.get("default", {}).get("link", {})
         self.link = LinkEstimator(
             uplink_bps=seed.get("uplink_bps", options.uplink_bps),
             rtt_ms=seed.get("rtt_ms", options.rtt_ms),
+            downlink_bps=seed.get("downlink_bps", options.downlink_bps),
         )
         self.breaker = CircuitBreaker()
+        settings = plan.get("constraints", {})
+        self.call = CallCosts.from_json(settings.get("call"))  # the call's own costs, planned
+        unary = [(c, s.label) for c, specs in self.codecs.items() for s in specs]
+        workers = int(settings.get("cloud_workers", 1))
+        self.policy = Policy(options, self.call, unary=unary, cloud_workers=workers)
+        self.table = CostTable()
         self._lock = threading.Lock()
         self._stats = _Stats()
         self._last_request = time.monotonic()
         self._inflight = 0  # splits waiting for the server: probes then measure a busy link
         self.unserved: dict[str, str] = {}  # cut: why the runtime stopped using it
-        self.costs: dict[tuple[str, str], _CutCosts] = {}
         self._match_server()
-        self.local_ms, self.costs = self._warm_up()
-        for (cut_id, label), c in list(self.costs.items()):
-            plain = CodecSpec.parse(label)
-            for spec in self.stream_codecs.get(cut_id, ()):
-                # a frame's delta is priced as its key frame (the plain codec) until measured
-                if spec.codec.delta and replace(spec, codec=spec.codec.base) == plain:
-                    self.costs.setdefault((cut_id, spec.label), replace(c))
+        self._warm_up()
         self._pool: ThreadPoolExecutor | None = None
         self._pipeline: Pipeline | None = None
-        self._explored_at = time.monotonic()
-        self._requests = self._explored_after = 0  # requests started; at the last trial
+        self.prober = Prober(
+            client,
+            self.link,
+            self.breaker,
+            busy=self._busy,
+            last_used=lambda: self._last_request,
+            call_ms=self.call.call_ms,
+            interval_s=options.probe_interval_s,
+            stale_s=options.stale_s,
+        )
         # learn the link before the first request: a first call opens the connection
         # (its time is not the round trip's); the first payload only sizes the next two,
         # whose samples then outvote it in the estimator's median of three
@@ -145,10 +161,10 @@ class EdgeRuntime:
             with contextlib.suppress(SplitInferError):
                 self.client.probe(0, 0, timeout=1.0)
         for _ in range(3 if self.cuts else 0):
-            self._probe(rate=True)
-        self._closing = threading.Event()
-        self._prober = threading.Thread(target=self._probe_loop, daemon=True)
-        self._prober.start()
+            self.prober.probe(rate=True, downlink=False)
+        if self.cuts and self._answers_matter():
+            self.prober.probe(rate=True, downlink=True)
+        self.prober.start()
 
     @classmethod
     def from_dir(
@@ -176,8 +192,7 @@ class EdgeRuntime:
             pipeline.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        self._closing.set()
-        self._prober.join(timeout=5)
+        self.prober.close()
         self.client.close()
 
     def _match_server(self) -> None:
@@ -193,17 +208,16 @@ class EdgeRuntime:
         if max_request:
             self.client.max_request_bytes = max_request
         for cut_id in sorted(set(self.cuts) - served):
-            self._drop(cut_id, f"the server at {self.client.target} does not serve it")
+            self.drop_cut(cut_id, f"the server at {self.client.target} does not serve it")
 
-    def _drop(self, cut_id: str, why: str) -> None:
+    def drop_cut(self, cut_id: str, why: str) -> None:
         """Stop using a cut (logged once, listed in stats()["unserved"])."""
         with self._lock:
             if cut_id in self.unserved:
                 return
             self.unserved[cut_id] = why
             self.cuts.pop(cut_id, None)
-            for key in [k for k in self.costs if k[0] == cut_id]:
-                del self.costs[key]
+        self.table.drop(cut_id)
         log.warning("cut %s of %s is not used: %s", cut_id, self.manifest.model, why)
 
     def _codecs(self, choice: str) -> dict[str, tuple[CodecSpec, ...]]:
@@ -242,13 +256,21 @@ class EdgeRuntime:
 
     # ---- measuring
 
-    def _warm_up(self) -> tuple[float, dict[tuple[str, str], _CutCosts]]:
-        """Measure the local model and every head on example inputs: the fastest of
-        three runs (a shared machine's noise only adds; the device calibrates each
-        work on warm runs first; the requests' own times follow)."""
+    def _planned_parts(self, cut_id: str, label: str) -> Parts | None:
+        """The plan's parts of a request through (cut, codec), where it has them."""
+        data = self.planned.get(cut_id, {}).get("parts", {}).get(label)
+        return None if data is None else Parts.from_json(data)
+
+    def _warm_up(self) -> None:
+        """Seed the cost table: the plan's figures for every path, with the local model
+        and every head measured here on example inputs: the fastest of three runs (a
+        shared machine's noise only adds; the device calibrates each work on warm runs
+        first; the requests' own times follow)."""
         feeds = example_feeds(self.manifest.inputs, batch=1)
+        local = self._planned_parts("edge", "-") or Parts()
         local_ms = self._fastest_ms(LOCAL, run_session, self.local, feeds)
-        costs = {}
+        self.table.local = PathCosts(local_ms, edge_cold_ms=local.edge_cold_ms)
+        now = time.monotonic()
         for cut_id, runner in self.cuts.items():
             head_ms = self._fastest_ms(cut_id, runner.run_head, feeds)
             sent, _ = runner.run_head(feeds)
@@ -258,99 +280,99 @@ class EdgeRuntime:
                 key = f"{cut_id}/{spec.label}"
                 encode_ms = self._fastest_ms(key, encode_all, sent, spec)
                 up = sum(encoded_size(t) for t in encode_all(sent, spec))
-                costs[(cut_id, spec.label)] = _CutCosts(head_ms, encode_ms, server_ms, up_bytes=up)
-        return local_ms, costs
+                parts = self._planned_parts(cut_id, spec.label)
+                costs = (
+                    PathCosts(head_ms, server_ms=server_ms, tensors=tuple(sent))
+                    if parts is None
+                    else PathCosts.planned(parts)
+                )
+                costs.head_ms, costs.encode_ms, costs.up_bytes = head_ms, encode_ms, up
+                costs.measured_at = now
+                self.table.set((cut_id, spec.label), costs)
+            plain = {spec.label for spec in self.codecs[cut_id]}
+            for spec in self.stream_codecs.get(cut_id, ()):
+                # a frame's delta is priced as its key frame (the plain codec) until measured
+                base = replace(spec, codec=spec.codec.base).label
+                if spec.codec.delta and base in plain:
+                    self.table.copy_as((cut_id, spec.label), (cut_id, base))
 
     def _fastest_ms(self, key: str, run: Callable[..., Any], *args: Any) -> float:
         return min(self.device.run(key, run, *args)[1] for _ in range(3))
 
+    def _answers_matter(self) -> bool:
+        """Whether some path's answer is large enough for the downlink to be measured."""
+        paths = self.table.snapshot().paths.values()
+        return any(seen.parts.output_bytes >= MIN_PROBE_BYTES for seen in paths)
+
+    def _busy(self) -> tuple[int, int]:
+        with self._lock:
+            return self._inflight, self._stats.calls
+
     # ---- choosing
+
+    def forecast(self, key: Key) -> Breakdown | None:
+        """One request through ``key`` priced on the link as estimated (None: the path
+        is no longer used)."""
+        seen = self.table.snapshot().paths.get(key)
+        return None if seen is None else self.policy.price(seen.parts, self.link.estimate().link)
 
     def predict(self, cut_id: str, codec: str) -> float:
         """Predicted latency (ms) of one request through ``cut_id`` sent with ``codec``
         (a label), on the link as estimated."""
-        return self._predict(self.costs[(cut_id, codec)])
+        priced = self.forecast((cut_id, codec))
+        if priced is None:
+            raise KeyError(f"no path {cut_id}:{codec}")
+        return priced.total_ms
 
-    def _predict(self, c: _CutCosts) -> float:
-        link = self.link.estimate()
-        transfer = (c.up_bytes + c.down_bytes) * 8 / link.uplink_bps * 1000
-        remote = transfer + link.rtt_ms + c.server_ms + c.decode_ms + c.penalty()
-        return c.head_ms + c.encode_ms + remote
+    def stages(self, key: Key) -> Stages | None:
+        """A stream's stages through ``key`` on the link as estimated."""
+        seen = self.table.snapshot().paths.get(key)
+        return None if seen is None else self.policy.stages(seen.parts, self.link.estimate().link)
 
-    def _choose(self) -> _Route | None:
+    def _closed(self) -> bool:
+        return self.breaker.snapshot()["state"] == CircuitBreaker.CLOSED
+
+    def _choose(self) -> Route | None:
         """Where this request goes: a split, or None to run locally."""
-        with self._lock:
-            self._requests += 1
-            options = {key: self.predict(*key) for key in self.costs if self._unary(key)}
-            local = self.local_ms
-        if not options:
-            return None
-        deadline = self.options.deadline_ms
-        if self.options.objective == "energy":
-            choice = self._least_energy(options, local)
-            trial = self._trial(choice, options[choice] if choice else local)
-            return trial or (_Route(choice) if choice else None)
-        best = min(options, key=options.__getitem__)
-        faster = options[best] * self.options.local_margin < local
-        # past the deadline the cloud is given up: a split predicted to miss it ends up
-        # local anyway, unless the local run cannot meet the deadline either
-        choice = best if faster and (options[best] <= deadline or local > deadline) else None
-        trial = self._trial(choice, options[choice] if choice else local)
-        return trial or (_Route(choice) if choice else None)
+        self.table.started()
+        snapshot = self.table.snapshot(breaker_closed=self._closed())
+        route = self.policy.choose(snapshot, self.link.estimate().link)
+        if route is not None and route.trial:
+            if not self.table.claim_trial(route.key, snapshot):
+                return None if route.key not in snapshot.paths else self._choose_again(snapshot)
+            with self._lock:
+                self._stats.explored += 1
+        return route
 
-    def _least_energy(
-        self, options: dict[tuple[str, str], float], local_ms: float
-    ) -> tuple[str, str] | None:
-        """The split predicted to spend the least device energy among those that meet the
-        deadline, or None when running here does (or nothing meets it: then the fastest)."""
-        power = self.options.power
-        assert power is not None
-        deadline = self.options.deadline_ms
-        with self._lock:
-            energy = {k: self._energy(self.costs[k]) for k in options if k in self.costs}
-        local_mj = power.compute_w * local_ms
-        feasible = [k for k in energy if options[k] <= deadline]
-        if local_ms <= deadline:
-            best = min(feasible, key=energy.__getitem__, default=None)
-            return best if best is not None and energy[best] < local_mj else None
-        if feasible:
-            return min(feasible, key=energy.__getitem__)
-        fastest = min(options, key=options.__getitem__)
-        return fastest if options[fastest] < local_ms else None
+    def _choose_again(self, snapshot: Snapshot) -> Route | None:
+        """Another request claimed the trial: this one takes the plain choice."""
+        link = self.link.estimate().link
+        no_trial = replace(snapshot, explored_at=snapshot.now)
+        return self.policy.choose(no_trial, link)
 
-    def _energy(self, c: _CutCosts) -> float:
-        """A split's predicted device energy (mJ) on the link as estimated."""
-        power = self.options.power
-        assert power is not None
-        link = self.link.estimate()
-        mbit = link.uplink_bps / 1e6
-        return power.energy_mj(
-            compute_ms=c.head_ms + c.encode_ms,
-            transfer_ms=c.up_bytes * 8 / link.uplink_bps * 1000,
-            return_ms=c.down_bytes * 8 / link.uplink_bps * 1000,
-            idle_ms=link.rtt_ms + c.server_ms + c.decode_ms + c.penalty(),
-            uplink_mbit=mbit,
-            downlink_mbit=mbit,
-        )
+    def stream_route(self) -> Route | None:
+        """Where a stream's frames go now (the policy's choose_stream)."""
+        snapshot = self.table.snapshot(breaker_closed=self._closed())
+        return self.policy.choose_stream(snapshot, self.link.estimate().link)
+
+    # ---- energy
 
     def _spent(self, path: str, timing: dict[str, float], up: float = 0, down: float = 0) -> None:
         """The device energy a finished request spent, estimated from its measured times
         and the power model: its compute (head and encoding, or the local run), its radio
-        for the bytes it sent and received at the estimated rate, idle for the rest of a
+        for the bytes it sent and received at the estimated rates, idle for the rest of a
         split (and for a fallback, the split's time before the local run)."""
-        power = self.options.power
+        power: PowerModel | None = self.options.power
         if power is None:
             return
         if path == "split":
-            link = self.link.estimate()
-            mbit = link.uplink_bps / 1e6
-            energy = power.split_mj(
+            energy = finished_mj(
+                power,
+                self.link.estimate().link,
                 total_ms=timing["total_ms"],
                 compute_ms=timing["head_ms"] + timing["encode_ms"],
-                transfer_ms=up * 8 / link.uplink_bps * 1000,
-                return_ms=down * 8 / link.uplink_bps * 1000,
-                uplink_mbit=mbit,
-                downlink_mbit=mbit,
+                sent_bytes=up,
+                received_bytes=down,
             )
         else:
             energy = power.energy_mj(
@@ -359,75 +381,6 @@ class EdgeRuntime:
         timing["energy_mj"] = energy
         with self._lock:
             self._stats.energy_mj[path] += energy
-
-    def _unary(self, key: tuple[str, str]) -> bool:
-        """Whether infer() sends with this (cut, codec): the stream-only delta codecs are
-        left to streams (alone, a delta frame is a key frame)."""
-        return any(spec.label == key[1] for spec in self.codecs.get(key[0], ()))
-
-    def _stages(self, c: _CutCosts) -> dict[str, float]:
-        """A pipeline's stages for one (cut, codec), in ms per frame."""
-        link = self.link.estimate()
-        return {
-            "device_ms": c.head_ms + c.encode_ms,
-            "uplink_ms": c.up_bytes * 8 / link.uplink_bps * 1000,
-            "cloud_ms": c.server_ms,
-            "downlink_ms": c.down_bytes * 8 / link.uplink_bps * 1000 + c.decode_ms,
-        }
-
-    def _choose_stream(self) -> _Route | None:
-        """Where a stream's frames go: the (cut, codec) with the most frames per second
-        (``stream_objective="latency"``: the least latency), or None to run locally
-        when that is better or the best split cannot meet the deadline."""
-        with self._lock:
-            keys = [
-                k for k in self.costs if k[1] in {s.label for s in self.stream_codecs.get(k[0], ())}
-            ]
-            latency = {k: self._predict(self.costs[k]) for k in keys}
-            period = {k: max(self._stages(self.costs[k]).values()) for k in keys}
-            local = self.local_ms
-        if not keys:
-            return None
-        score = period if self.options.stream_objective == "throughput" else latency
-        # a delta codec priced as its key frame (not yet measured) is no worse: it goes first
-        best = min(keys, key=lambda k: (score[k], latency[k], not k[1].startswith("delta+")))
-        better = score[best] * self.options.local_margin < local
-        if better and (
-            latency[best] <= self.options.deadline_ms or local > self.options.deadline_ms
-        ):
-            return _Route(best)
-        return None
-
-    def _trial(self, choice: tuple[str, str] | None, taken_ms: float) -> _Route | None:
-        """A trial of the cut seen least recently, when its costs are older than
-        explore_s, no trial ran for as long and EXPLORE_EVERY requests: its wait is
-        what keeps the request within EXPLORE_RATIO times the path taken (its head,
-        its wait, then a local run). Its server may have been busy and be idle now, or
-        its first measurement noisy: what it costs is learned only by sending to it."""
-        now = time.monotonic()
-        stale = now - self.options.explore_s
-        with self._lock:
-            due = self._explored_at < stale
-            if not due or self._requests - self._explored_after < EXPLORE_EVERY:
-                return None  # the common case, decided before anything else is read
-            if self.breaker.snapshot()["state"] != CircuitBreaker.CLOSED:
-                return None  # the prober finds out first whether the server is back
-            link = self.link.estimate()
-            waits = {}
-            for key, c in self.costs.items():
-                if key == choice or c.last_seen() > stale or not self._unary(key):
-                    continue
-                wait_ms = EXPLORE_RATIO * taken_ms - self.local_ms - c.head_ms - c.encode_ms
-                transfer_ms = c.up_bytes * 8 / link.uplink_bps * 1000
-                if wait_ms > transfer_ms + link.rtt_ms:  # it could answer in time
-                    waits[key] = wait_ms
-            if not waits:
-                return None
-            key = min(waits, key=lambda k: self.costs[k].last_seen())
-            self.costs[key].tried_at = now
-            self._explored_at, self._explored_after = now, self._requests
-            self._stats.explored += 1
-        return _Route(key, waits[key], trial=True)
 
     # ---- serving
 
@@ -442,30 +395,31 @@ class EdgeRuntime:
                 return self._split(route, feeds, start)
             except SplitInferError as exc:
                 if isinstance(exc, NotFoundError):  # this cut is missing, not the server
-                    self._drop(route.key[0], f"the server answered {exc.message}")
+                    self.drop_cut(route.key[0], f"the server answered {exc.message}")
                 # a trial's wait is cut short on purpose: its lateness says nothing of
                 # the server's health
                 late_trial = route.trial and isinstance(exc, DeadlineError)
                 breaker = not late_trial and not isinstance(exc, NotFoundError)
-                self._failed(exc, breaker=breaker)
-                return self._run_local(feeds, start, "fallback", route.key[0])
-        return self._run_local(feeds, start, "local", "edge")
+                self.failed(exc, breaker=breaker)
+                return self.run_local(feeds, start, "fallback", route.key[0])
+        return self.run_local(feeds, start, "local", "edge")
 
-    def _split(self, route: _Route, feeds: Mapping[str, np.ndarray], start: float) -> Result:
+    def _split(self, route: Route, feeds: Mapping[str, np.ndarray], start: float) -> Result:
         cut_id, codec = route.key
         with self._lock:  # another caller may have dropped the cut since it was chosen
-            runner, c = self.cuts.get(cut_id), self.costs.get(route.key)
-        if runner is None or c is None:
+            runner = self.cuts.get(cut_id)
+        priced = self.forecast(route.key)
+        if runner is None or priced is None:
             raise NotFoundError(f"cut {cut_id} is no longer used: {self.unserved.get(cut_id)}")
         spec = next(s for s in self.codecs[cut_id] if s.label == codec)
         (sent, kept), head_ms = self.device.run(cut_id, runner.run_head, feeds)
         tensors, encode_ms = self.device.run(f"{cut_id}/{codec}", encode_all, sent, spec)
         remaining = self.options.deadline_ms - (time.perf_counter() - start) * 1000
+        remote_ms = priced.total_ms - priced.edge_ms - priced.edge_cold_ms
+        local_ms = self.table.local.head_ms
         with self._lock:
             self._stats.calls += 1
             self._inflight += 1
-            remote_ms = self._predict(c) - c.head_ms
-            local_ms = self.local_ms
         waited = time.perf_counter()
         try:
             reply = self._call(cut_id, tensors, remaining, remote_ms, local_ms, route.wait_ms)
@@ -473,10 +427,7 @@ class EdgeRuntime:
             # no answer yet: the call costs more than was waited. A penalty lifts the
             # prediction (and the next hedge) beyond it; it fades within seconds, so
             # that a link which was down, not slow, is tried again.
-            late_ms = (time.perf_counter() - waited) * 1000
-            with self._lock:
-                c.penalty_ms = c.penalty() + max(1.5 * late_ms - remote_ms, 0.0)
-                c.penalty_at = time.monotonic()
+            self.table.penalize(route.key, (time.perf_counter() - waited) * 1000, remote_ms)
             raise
         finally:
             with self._lock:
@@ -485,12 +436,27 @@ class EdgeRuntime:
         with self._lock:
             self._stats.sent_bytes += up
         weight = 1.0 if route.trial else EWMA  # a trial's answer replaces the stale costs
-        return self._finish(route.key, c, reply, kept, head_ms, encode_ms, up, start, weight)
+        return self._finish(route.key, reply, kept, head_ms, encode_ms, up, start, weight)
+
+    def finish_frame(
+        self,
+        key: Key,
+        reply: Reply,
+        kept: Mapping[str, np.ndarray],
+        head_ms: float,
+        encode_ms: float,
+        up: int,
+        start: float,
+    ) -> Result:
+        """A stream's frame's Result (its round trip includes the frames ahead of it:
+        it says nothing of the link)."""
+        if self.table.get(key) is None:
+            raise NotFoundError(f"cut {key[0]} is no longer used")
+        return self._finish(key, reply, kept, head_ms, encode_ms, up, start, observe=False)
 
     def _finish(
         self,
-        key: tuple[str, str],
-        c: _CutCosts,
+        key: Key,
         reply: Reply,
         kept: Mapping[str, np.ndarray],
         head_ms: float,
@@ -508,25 +474,23 @@ class EdgeRuntime:
         server = reply.server
         server_ms = server.queue_ms + server.decode_ms + server.compute_ms + server.encode_ms
         if not reply.server_known:  # a server that does not say (Triton): the estimate
-            with self._lock:
-                server_ms = c.server_ms
-        network_ms = max(reply.round_trip_ms - server_ms, 0.0)
+            known = self.table.get(key)
+            server_ms = known.server_ms if known is not None else 0.0
         down = sum(v.nbytes for v in reply.outputs.values())
         if observe:
-            self.link.observe(up + down, network_ms)
+            known = self.table.get(key)
+            names = known.tensors if known is not None else ()
+            link = self.link.estimate().link
+            network_ms = reply.round_trip_ms - server_ms - self.call.ms(link, len(names))
+            self.link.observe(
+                up + self.call.request_bytes(names),
+                max(network_ms, 0.0),
+                down + self.call.answer_bytes,
+            )
         self.breaker.success()
+        measured = Measured(head_ms, encode_ms, server_ms, reply.decode_ms, up, down)
+        self.table.observe(key, measured, weight)
         with self._lock:
-            c.head_ms, c.encode_ms = (
-                _blend(c.head_ms, head_ms, weight),
-                _blend(c.encode_ms, encode_ms, weight),
-            )
-            c.server_ms, c.decode_ms = (
-                _blend(c.server_ms, server_ms, weight),
-                _blend(c.decode_ms, reply.decode_ms, weight),
-            )
-            c.up_bytes, c.down_bytes = _blend(c.up_bytes, up, weight), down
-            c.penalty_ms = 0.0  # an answer: what it cost is known
-            c.measured_at = time.monotonic()
             self._count("split", cut_id)
         outputs = {**kept, **reply.outputs}
         missing = [o.name for o in self.manifest.outputs if o.name not in outputs]
@@ -577,13 +541,15 @@ class EdgeRuntime:
                 f"no answer within {hedge_ms:.0f} ms (predicted {remote_ms:.0f} ms): ran locally"
             ) from None
 
-    def _run_local(
+    def run_local(
         self, feeds: Mapping[str, np.ndarray], start: float, path: str, cut: str
     ) -> Result:
+        """The whole model here: path "local", or "fallback" after a split through
+        ``cut`` failed."""
         began = time.perf_counter()
         values, local_ms = self.device.run(LOCAL, run_session, self.local, feeds)
+        self.table.observe_local(local_ms)
         with self._lock:
-            self.local_ms = _blend(self.local_ms, local_ms)
             self._count(path, cut if path == "fallback" else "edge")
         # before the local run: choosing, and for a fallback the split that failed
         timing = {"local_ms": local_ms, "total_ms": (time.perf_counter() - start) * 1000}
@@ -600,7 +566,9 @@ class EdgeRuntime:
         self._stats.paths[path] += 1
         self._stats.by_cut[cut] = self._stats.by_cut.get(cut, 0) + 1
 
-    def _failed(self, exc: SplitInferError, *, breaker: bool = True) -> None:
+    def failed(self, exc: SplitInferError, *, breaker: bool = True) -> None:
+        """A split that did not come back: counted by its kind, and unless ``breaker`` is
+        False (or the server was only busy) a failure for the circuit breaker."""
         kind = getattr(exc, "code", None) or type(exc).__name__
         with self._lock:
             self._stats.failures[kind] = self._stats.failures.get(kind, 0) + 1
@@ -660,94 +628,42 @@ class EdgeRuntime:
             stop.set()
             pipeline.close()
 
-    def _device_pool(self) -> ThreadPoolExecutor:
+    def device_pool(self) -> ThreadPoolExecutor:
         """The device: one thread runs the pipelines' heads, encodings and local runs."""
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="splitinfer-device")
             return self._pool
 
-    def _stream_result(self, frame: Any, reply: Reply) -> Result:
-        key = (frame.cut, frame.codec)
+    def took_frame(self) -> None:
+        """A stream's frame was taken in."""
+        self._last_request = time.monotonic()
         with self._lock:
-            c = self.costs.get(key)
-        if c is None:
-            raise NotFoundError(f"cut {frame.cut} is no longer used")
-        return self._finish(
-            key, c, reply, frame.kept, frame.head_ms, frame.encode_ms, frame.up_bytes,
-            frame.start, observe=False,
-        )  # fmt: skip
+            self._stats.frames += 1
 
-    def _count_dropped(self) -> None:
+    def sent_frame(self, up_bytes: int) -> None:
+        """A stream's frame went on the wire (the prober's samples meanwhile measure a
+        queue)."""
+        with self._lock:
+            self._stats.calls += 1
+            self._stats.sent_bytes += up_bytes
+
+    def dropped_frame(self) -> None:
         with self._lock:
             self._stats.dropped += 1
             self._stats.paths["dropped"] += 1
-
-    # ---- probing
-
-    def _probe_loop(self) -> None:
-        while not self._closing.wait(self.options.probe_interval_s):
-            open_ = self.breaker.snapshot()["state"] != CircuitBreaker.CLOSED
-            link = self.link.estimate()
-            busy = time.monotonic() - self._last_request < IDLE_AFTER_S
-            # small splits say nothing of the throughput, large ones little of the RTT
-            rate = open_ or (busy and link.rate_age_s > self.options.stale_s)
-            rtt = open_ or (busy and link.rtt_age_s > self.options.stale_s)
-            if rate or rtt:
-                self._probe(rate=rate)  # an empty call always: the round trip
-
-    def _probe(self, *, rate: bool) -> None:
-        """An empty call (is the server there, and the round trip), then for ``rate`` one
-        with a payload and another empty one: what the payload adds to the faster empty
-        call (the first may have opened the connection) is the throughput's. A sample
-        taken while a split was on the link is dropped: it measured the split's queue."""
-        with self._lock:
-            if self._inflight:  # a split is on the link: its answer will tell
-                return
-        if not self.breaker.allow():
-            return
-        link = self.link.estimate()
-        timeout = max(0.5, 4 * link.rtt_ms / 1000)
-        try:
-            empty_ms = self._quiet_probe(0, timeout)
-        except SplitInferError:
-            self.breaker.failure()
-            return
-        trusted = self.breaker.snapshot()["state"] == CircuitBreaker.CLOSED
-        self.breaker.success()
-        # about 30 ms of the link as estimated (16-256 KiB), when that takes < 0.2 s; after
-        # a failure the estimate is not to be trusted: the smallest payload
-        size = int(min(max(link.uplink_bps * 0.03 / 8, 16 * 1024), 256 * 1024))
-        if not trusted:
-            size = 16 * 1024
-        payloads = getattr(self.client, "probes_payload", True)
-        if empty_ms is not None and rate and payloads and size * 8 / link.uplink_bps < 0.2:
-            with contextlib.suppress(SplitInferError):  # slow, not gone: no breaker
-                loaded_ms = self._quiet_probe(size, 4 * timeout)
-                again_ms = self._quiet_probe(0, timeout)
-                if loaded_ms is not None and again_ms is not None:
-                    empty_ms = min(empty_ms, again_ms)
-                    if loaded_ms > empty_ms:  # else too small a payload to tell
-                        self.link.observe_transfer(size, loaded_ms - empty_ms)
-        if empty_ms is not None:
-            self.link.observe_rtt(empty_ms)
-
-    def _quiet_probe(self, size: int, timeout: float) -> float | None:
-        """The network time (ms) of a probe carrying ``size`` bytes up (sent in any
-        case), or None when a split was on the link meanwhile."""
-        with self._lock:
-            busy, calls = self._inflight, self._stats.calls
-        round_trip, server_ms = self.client.probe(size, 0, timeout=timeout)
-        with self._lock:
-            if busy or self._inflight or self._stats.calls != calls:
-                return None
-        return round_trip - server_ms
 
     # ---- reporting
 
     def stats(self) -> dict[str, object]:
         """Requests per path and per cut, failures, calls made, breaker and link estimates."""
-        link = self.link.estimate()
+        estimate = self.link.estimate()
+        link = estimate.link
+        snapshot = self.table.snapshot()
+        predicted = {
+            f"{c}:{k}": self.policy.price(seen.parts, link).total_ms
+            for (c, k), seen in snapshot.paths.items()
+        }
         with self._lock:
             return {
                 "paths": dict(self._stats.paths),
@@ -761,7 +677,12 @@ class EdgeRuntime:
                 "sent_bytes": self._stats.sent_bytes,
                 "unserved": dict(self.unserved),
                 "breaker": self.breaker.snapshot(),
-                "link": {"uplink_bps": link.uplink_bps, "rtt_ms": link.rtt_ms, "age_s": link.age_s},
-                "local_ms": self.local_ms,
-                "predicted_ms": {f"{c}:{k}": self.predict(c, k) for c, k in self.costs},
+                "link": {
+                    "uplink_bps": estimate.uplink_bps,
+                    "downlink_bps": link.downlink_rate,
+                    "rtt_ms": estimate.rtt_ms,
+                    "age_s": estimate.age_s,
+                },
+                "local_ms": self.table.local.head_ms,
+                "predicted_ms": predicted,
             }

@@ -1,5 +1,6 @@
-"""What the device knows of its link: throughput and round trip from real transfers,
-and a circuit breaker that stops it from calling a server that is not there.
+"""What the device knows of its link: throughput each way and the round trip from
+real transfers, and a circuit breaker that stops it from calling a server that is
+not there.
 
 Times come from a clock passed in (``time.monotonic`` by default), so tests can
 drive them.
@@ -15,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from runtime.cost import Link
+
 Clock = Callable[[], float]
 
 MIN_BYTES_FOR_RATE = 16 * 1024  # smaller transfers say little about throughput
@@ -27,18 +30,29 @@ class LinkEstimate:
     age_s: float  # since the last measurement of anything
     rate_age_s: float  # since the last throughput measurement
     rtt_age_s: float  # since the last round-trip measurement
+    downlink_bps: float | None = None  # None: as fast as the uplink (nothing measured)
+    downlink_age_s: float = math.inf  # since the last downlink measurement
+
+    @property
+    def link(self) -> Link:
+        """The estimate as the cost model's link (runtime.cost)."""
+        return Link(self.uplink_bps, self.rtt_ms, self.downlink_bps)
 
 
 class LinkEstimator:
-    """EWMA estimates of throughput and round-trip time, seeded with defaults.
+    """EWMA estimates of the uplink's and the downlink's throughput and of the
+    round-trip time, seeded with defaults (a downlink of None: as fast as the
+    uplink, until the downlink is measured).
 
     A sample of a call is its network time: the client's round trip minus the
-    time the server says it spent. Calls under 16 KiB measure the RTT (what the
-    throughput does not explain), larger ones the throughput (what the RTT does
-    not explain), in log space so that a halving and a doubling weigh the same.
-    Each estimate moves toward the median of its last three samples, so one
-    outlier moves nothing while a real change shows in two calls; the first
-    sample replaces the seed, a guess.
+    time the server says it spent and the call's own cost (``call_ms``, the
+    plan's: gRPC and both ends' hops), so that the round trip is the cost model's.
+    Calls under 16 KiB each way measure the RTT (what the throughput does not
+    explain); larger ones measure the direction that carried more (what the RTT
+    and the other direction, at its estimate, do not explain), in log space so
+    that a halving and a doubling weigh the same. Each estimate moves toward the
+    median of its last three samples, so one outlier moves nothing while a real
+    change shows in two calls; the first sample replaces the seed, a guess.
     """
 
     def __init__(
@@ -46,15 +60,19 @@ class LinkEstimator:
         *,
         uplink_bps: float = 10e6,
         rtt_ms: float = 40.0,
+        downlink_bps: float | None = None,
         alpha: float = 0.5,
         clock: Clock = time.monotonic,
     ) -> None:
         self.alpha = alpha
         self.clock = clock
         self._log_rate = math.log(uplink_bps)
+        self._log_down = None if downlink_bps is None else math.log(downlink_bps)
         self._rtt = rtt_ms
         self._updated = self._rate_updated = self._rtt_updated = clock()
+        self._down_updated = -math.inf
         self._rates: collections.deque[float] = collections.deque(maxlen=3)
+        self._downs: collections.deque[float] = collections.deque(maxlen=3)
         self._rtts: collections.deque[float] = collections.deque(maxlen=3)
         self._lock = threading.Lock()
 
@@ -67,18 +85,47 @@ class LinkEstimator:
                 now - self._updated,
                 now - self._rate_updated,
                 now - self._rtt_updated,
+                None if self._log_down is None else math.exp(self._log_down),
+                now - self._down_updated,
             )
 
-    def observe(self, bytes_sent: float, network_ms: float) -> None:
-        """One call: bytes on the wire (both ways) and its network time in ms."""
+    def _down_rate(self) -> float:
+        return math.exp(self._log_rate if self._log_down is None else self._log_down)
+
+    def observe(self, bytes_sent: float, network_ms: float, bytes_received: float = 0.0) -> None:
+        """One call: bytes on the wire each way and its network time in ms (beyond the
+        server's time and the call's own cost)."""
         network_ms = max(network_ms, 0.01)
         with self._lock:
-            if bytes_sent < MIN_BYTES_FOR_RATE:
-                transfer_ms = bytes_sent * 8 / math.exp(self._log_rate) * 1000
-                self._rtt = self._blend_rtt(max(network_ms - transfer_ms, 0.01))
+            up_ms = bytes_sent * 8 / math.exp(self._log_rate) * 1000
+            down_ms = bytes_received * 8 / self._down_rate() * 1000
+            if max(bytes_sent, bytes_received) < MIN_BYTES_FOR_RATE:
+                self._rtt = self._blend_rtt(max(network_ms - up_ms - down_ms, 0.01))
+            elif bytes_sent >= bytes_received:
+                rest = network_ms - self._rtt - down_ms
+                self._blend_rate(bytes_sent, max(rest, 0.05 * network_ms))
             else:
-                self._blend_rate(bytes_sent, max(network_ms - self._rtt, 0.05 * network_ms))
+                rest = network_ms - self._rtt - up_ms
+                self._blend_down(bytes_received, max(rest, 0.05 * network_ms))
             self._updated = self.clock()
+
+    def observe_download(self, bytes_received: float, transfer_ms: float) -> None:
+        """A downlink sample free of the round trip: an answer of ``bytes_received``
+        took ``transfer_ms`` longer than an empty call just before (a pair of probes)."""
+        with self._lock:
+            self._blend_down(bytes_received, max(transfer_ms, 0.01))
+            self._updated = self.clock()
+
+    def _blend_down(self, nbytes: float, transfer_ms: float) -> None:
+        self._downs.append(math.log(nbytes * 8 / (transfer_ms / 1000)))
+        robust = statistics.median(self._downs)
+        if (
+            self._log_down is None or len(self._downs) == 1
+        ):  # a measurement, where there was a guess
+            self._log_down = robust
+        else:
+            self._log_down += self.alpha * (robust - self._log_down)
+        self._down_updated = self.clock()
 
     def observe_transfer(self, bytes_sent: float, transfer_ms: float) -> None:
         """A throughput sample free of the round trip: ``bytes_sent`` took ``transfer_ms``

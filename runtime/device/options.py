@@ -21,6 +21,7 @@ class EdgeOptions:
     slowdown: float = 1.0
     exact: bool = False
     uplink_bps: float = 10e6  # the estimator's seed, unless the plan has a default link
+    downlink_bps: float | None = None  # likewise (None: as fast as the uplink until measured)
     rtt_ms: float = 40.0
     hedge: bool = True  # compute locally once the cloud's answer is late
     probe_interval_s: float = 0.2

@@ -26,27 +26,64 @@ import math
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
+from runtime.artifacts import Manifest
 from runtime.codec import CodecSpec, DeltaEncoder, Encoded, encoded_size
-from runtime.device.client import FrameStream, Reply
+from runtime.cost import Breakdown, Stages
+from runtime.device.client import FrameStream, Reply, SplitClient
+from runtime.device.costs import Key
 from runtime.device.edge import Result, encode_all
-from runtime.engine import check_feeds
+from runtime.device.link import CircuitBreaker
+from runtime.device.options import EdgeOptions
+from runtime.device.policy import Route
+from runtime.engine import CutRunner, SlowDevice, check_feeds
 from runtime.errors import DeadlineError, NotFoundError, SplitInferError
-
-if TYPE_CHECKING:
-    from runtime.device.adaptive import EdgeRuntime
-    from runtime.device.policy import _Route
 
 MIN_WINDOW, MAX_WINDOW = 2, 16
 LATE_FACTOR = 3.0  # an answer later than this many times its prediction is given up
 MIN_LATE_MS = 50.0
 ROUTE_EVERY_S = 0.5  # how often the pipeline's cut is chosen again
 log = logging.getLogger("splitinfer.edge")
+
+
+class Host(Protocol):
+    """What a pipeline uses of its runtime (runtime.device.adaptive.EdgeRuntime): its
+    public parts, and nothing of its insides."""
+
+    manifest: Manifest
+    options: EdgeOptions
+    client: SplitClient
+    device: SlowDevice
+    breaker: CircuitBreaker
+    cuts: dict[str, CutRunner]
+
+    def stream_route(self) -> Route | None: ...
+    def forecast(self, key: Key) -> Breakdown | None: ...
+    def stages(self, key: Key) -> Stages | None: ...
+    def device_pool(self) -> ThreadPoolExecutor: ...
+    def took_frame(self) -> None: ...
+    def sent_frame(self, up_bytes: int) -> None: ...
+    def dropped_frame(self) -> None: ...
+    def drop_cut(self, cut_id: str, why: str) -> None: ...
+    def failed(self, exc: SplitInferError, *, breaker: bool = True) -> None: ...
+    def run_local(
+        self, feeds: Mapping[str, np.ndarray], start: float, path: str, cut: str
+    ) -> Result: ...
+    def finish_frame(
+        self,
+        key: Key,
+        reply: Reply,
+        kept: Mapping[str, np.ndarray],
+        head_ms: float,
+        encode_ms: float,
+        up: int,
+        start: float,
+    ) -> Result: ...
 
 
 @dataclass
@@ -70,7 +107,7 @@ class _Frame:
 class Pipeline:
     """Frames of one stream through one runtime; see the module's description."""
 
-    def __init__(self, runtime: EdgeRuntime) -> None:
+    def __init__(self, runtime: Host) -> None:
         self.rt = runtime
         self.encoder = DeltaEncoder(key_every=runtime.options.key_every)
         self.stream: FrameStream | None = None
@@ -78,7 +115,7 @@ class Pipeline:
         self._inflight = 0
         self._waiting: _Frame | None = None  # realtime: the newest frame, not yet started
         self._closed = False
-        self._route: _Route | None = None
+        self._route: Route | None = None
         self._route_at = -math.inf
         self.window = MIN_WINDOW
 
@@ -106,7 +143,7 @@ class Pipeline:
                 dropped, self._waiting = self._waiting, frame
                 frame = None  # type: ignore[assignment]
         if dropped is not None:
-            self.rt._count_dropped()
+            self.rt.dropped_frame()
             timing = {"total_ms": (time.perf_counter() - dropped.start) * 1000}
             dropped.future.set_result(Result({}, "dropped", "-", timing))
         if frame is not None:
@@ -117,13 +154,11 @@ class Pipeline:
 
     def _frame(self, feeds: Mapping[str, np.ndarray]) -> _Frame:
         checked = check_feeds(self.rt.manifest.inputs, feeds)  # the caller's mistake: raised
-        self.rt._last_request = time.monotonic()
-        with self.rt._lock:
-            self.rt._stats.frames += 1
+        self.rt.took_frame()
         return _Frame(checked, Future(), time.perf_counter())
 
     def _start(self, frame: _Frame) -> None:
-        self.rt._device_pool().submit(self._prepare, frame)
+        self.rt.device_pool().submit(self._prepare, frame)
 
     def _leave(self) -> None:
         """A frame ended: its place goes to the waiting frame, if any."""
@@ -141,7 +176,7 @@ class Pipeline:
             waiting, self._waiting = self._waiting, None
             self._cond.notify_all()
         if waiting is not None:
-            self.rt._count_dropped()
+            self.rt.dropped_frame()
             waiting.future.set_result(Result({}, "dropped", "-", {"total_ms": 0.0}))
         if self.stream is not None:
             self.stream.close()
@@ -173,11 +208,9 @@ class Pipeline:
             )
             frame.up_bytes = sum(encoded_size(t) for t in tensors)
             frame.stream = stream
-            with self.rt._lock:
-                self.rt._stats.calls += 1  # the prober's samples meanwhile measure a queue
-                self.rt._stats.sent_bytes += frame.up_bytes
-                costs = self.rt.costs.get(route.key)
-            late_ms = LATE_FACTOR * (self.rt._predict(costs) if costs else MIN_LATE_MS)
+            self.rt.sent_frame(frame.up_bytes)
+            priced = self.rt.forecast(route.key)
+            late_ms = LATE_FACTOR * (priced.total_ms if priced else MIN_LATE_MS)
             frame.timer = threading.Timer(max(late_ms, MIN_LATE_MS) / 1000, self._late, (frame,))
             frame.timer.daemon = True
             frame.timer.start()
@@ -210,26 +243,25 @@ class Pipeline:
             self.stream = FrameStream(self.rt.client)
         return self.stream
 
-    def _choose(self) -> _Route | None:
+    def _choose(self) -> Route | None:
         now = time.monotonic()
         if now - self._route_at > ROUTE_EVERY_S:
-            self._route, self._route_at = self.rt._choose_stream(), now
+            self._route, self._route_at = self.rt.stream_route(), now
             self.window = self._window(self._route)
             with self._cond:
                 self._cond.notify_all()
         return self._route
 
-    def _window(self, route: _Route | None) -> int:
+    def _window(self, route: Route | None) -> int:
         """Frames in flight that keep the slowest stage busy: latency / bottleneck, plus
         the frame being prepared (Little's law)."""
         if route is None:
             return MIN_WINDOW
-        with self.rt._lock:
-            costs = self.rt.costs.get(route.key)
-        if costs is None:
+        priced, stages = self.rt.forecast(route.key), self.rt.stages(route.key)
+        if priced is None or stages is None:
             return MIN_WINDOW
-        latency = self.rt._predict(costs)
-        bottleneck = max(max(self.rt._stages(costs).values()), 1e-3)
+        latency = priced.total_ms
+        bottleneck = max(stages.bottleneck_ms, 1e-3)
         return int(min(max(math.ceil(latency / bottleneck) + 1, MIN_WINDOW), MAX_WINDOW))
 
     # ---- answers
@@ -243,7 +275,15 @@ class Pipeline:
                          SplitInferError(str(error)))  # fmt: skip
             return
         try:
-            result = self.rt._stream_result(frame, answer.result())
+            result = self.rt.finish_frame(
+                (frame.cut, frame.codec),
+                answer.result(),
+                frame.kept or {},
+                frame.head_ms,
+                frame.encode_ms,
+                frame.up_bytes,
+                frame.start,
+            )
         except SplitInferError as exc:
             self._failed(frame, exc, settled=True)
             return
@@ -273,15 +313,15 @@ class Pipeline:
         if not settled:
             self._settle(frame)
         if isinstance(exc, NotFoundError):
-            self.rt._drop(frame.cut, f"the server answered {exc.message}")
-        self.rt._failed(exc, breaker=not isinstance(exc, NotFoundError))
+            self.rt.drop_cut(frame.cut, f"the server answered {exc.message}")
+        self.rt.failed(exc, breaker=not isinstance(exc, NotFoundError))
         self.encoder.reset()  # the server forgets a frame's references when it fails
         self._route_at = -math.inf  # and the cut is chosen again
-        self.rt._device_pool().submit(self._local, frame, "fallback", frame.cut)
+        self.rt.device_pool().submit(self._local, frame, "fallback", frame.cut)
 
     def _local(self, frame: _Frame, path: str, cut: str) -> None:
         try:
-            result = self.rt._run_local(frame.feeds, frame.start, path, cut)
+            result = self.rt.run_local(frame.feeds, frame.start, path, cut)
         except BaseException as exc:
             frame.future.set_exception(exc)
         else:

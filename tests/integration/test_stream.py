@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -209,11 +210,14 @@ def test_infer_explores_only_what_it_can_send(artifacts, server):
     trial of a stale cut takes one of the codecs a single request is sent with, even
     when the delta costs are the stalest."""
     with _runtime(artifacts, f"127.0.0.1:{server.port}") as runtime:
-        assert any(label.startswith("delta+") for _, label in runtime.costs)
-        runtime._explored_at, runtime._requests, runtime._explored_after = 0.0, 100, 0
-        for (_, label), costs in runtime.costs.items():
-            costs.measured_at = costs.tried_at = -1.0 if label.startswith("delta+") else 0.0
-        route = runtime._trial(None, 1e6)
+        snapshot = runtime.table.snapshot()
+        assert any(label.startswith("delta+") for _, label in snapshot.paths)
+        stale = {
+            key: replace(seen, last_seen=-1.0 if key[1].startswith("delta+") else 0.0)
+            for key, seen in snapshot.paths.items()
+        }
+        snapshot = replace(snapshot, paths=stale, explored_at=0.0, requests=100, explored_after=0)
+        route = runtime.policy.trial(snapshot, runtime.link.estimate().link, None, 1e6)
         assert route is not None and route.trial
-        assert not route.key[1].startswith("delta+") and runtime._unary(route.key)
+        assert not route.key[1].startswith("delta+") and runtime.policy.sends_alone(route.key)
         assert runtime.infer(_frames(1)[0]).path in ("split", "local")
