@@ -37,9 +37,17 @@ import numpy as np
 
 from runtime.artifacts import load_manifest
 from runtime.codec import Codec, CodecSpec, Encoded, encoded_size
-from runtime.cost import Breakdown, CallCosts, Parts, Stages, finished_mj
+from runtime.cost import Breakdown, CallCosts, Stages, finished_mj
 from runtime.device.client import ClientTLS, Reply, SplitClient
-from runtime.device.costs import EWMA, CostTable, Key, Measured, PathCosts, Snapshot
+from runtime.device.costs import (
+    EWMA,
+    CostTable,
+    Key,
+    Measured,
+    PathCosts,
+    Snapshot,
+    plan_paths,
+)
 from runtime.device.edge import Result, encode_all
 from runtime.device.link import CircuitBreaker, LinkEstimator
 from runtime.device.options import EdgeOptions
@@ -256,20 +264,15 @@ class EdgeRuntime:
 
     # ---- measuring
 
-    def _planned_parts(self, cut_id: str, label: str) -> Parts | None:
-        """The plan's parts of a request through (cut, codec), where it has them."""
-        data = self.planned.get(cut_id, {}).get("parts", {}).get(label)
-        return None if data is None else Parts.from_json(data)
-
     def _warm_up(self) -> None:
         """Seed the cost table: the plan's figures for every path, with the local model
         and every head measured here on example inputs: the fastest of three runs (a
         shared machine's noise only adds; the device calibrates each work on warm runs
         first; the requests' own times follow)."""
         feeds = example_feeds(self.manifest.inputs, batch=1)
-        local = self._planned_parts("edge", "-") or Parts()
-        local_ms = self._fastest_ms(LOCAL, run_session, self.local, feeds)
-        self.table.local = PathCosts(local_ms, edge_cold_ms=local.edge_cold_ms)
+        planned, local = plan_paths(self.manifest.plan)
+        self.table.local = local or PathCosts(0.0)
+        self.table.local.head_ms = self._fastest_ms(LOCAL, run_session, self.local, feeds)
         now = time.monotonic()
         for cut_id, runner in self.cuts.items():
             head_ms = self._fastest_ms(cut_id, runner.run_head, feeds)
@@ -280,11 +283,8 @@ class EdgeRuntime:
                 key = f"{cut_id}/{spec.label}"
                 encode_ms = self._fastest_ms(key, encode_all, sent, spec)
                 up = sum(encoded_size(t) for t in encode_all(sent, spec))
-                parts = self._planned_parts(cut_id, spec.label)
-                costs = (
-                    PathCosts(head_ms, server_ms=server_ms, tensors=tuple(sent))
-                    if parts is None
-                    else PathCosts.planned(parts)
+                costs = planned.get((cut_id, spec.label)) or PathCosts(
+                    head_ms, server_ms=server_ms, tensors=tuple(sent)
                 )
                 costs.head_ms, costs.encode_ms, costs.up_bytes = head_ms, encode_ms, up
                 costs.measured_at = now
@@ -329,13 +329,14 @@ class EdgeRuntime:
         seen = self.table.snapshot().paths.get(key)
         return None if seen is None else self.policy.stages(seen.parts, self.link.estimate().link)
 
-    def _closed(self) -> bool:
-        return self.breaker.snapshot()["state"] == CircuitBreaker.CLOSED
+    def _snapshot(self) -> Snapshot:
+        closed = self.breaker.snapshot()["state"] == CircuitBreaker.CLOSED
+        return self.table.snapshot(breaker_closed=closed, link_down=self.breaker.blocked())
 
     def _choose(self) -> Route | None:
         """Where this request goes: a split, or None to run locally."""
         self.table.started()
-        snapshot = self.table.snapshot(breaker_closed=self._closed())
+        snapshot = self._snapshot()
         route = self.policy.choose(snapshot, self.link.estimate().link)
         if route is not None and route.trial:
             if not self.table.claim_trial(route.key, snapshot):
@@ -352,8 +353,7 @@ class EdgeRuntime:
 
     def stream_route(self) -> Route | None:
         """Where a stream's frames go now (the policy's choose_stream)."""
-        snapshot = self.table.snapshot(breaker_closed=self._closed())
-        return self.policy.choose_stream(snapshot, self.link.estimate().link)
+        return self.policy.choose_stream(self._snapshot(), self.link.estimate().link)
 
     # ---- energy
 

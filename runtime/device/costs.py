@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from runtime.cost import Parts
 
@@ -94,6 +95,20 @@ class PathCosts:
         )
 
 
+def plan_paths(plan: Mapping[str, Any] | None) -> tuple[dict[Key, PathCosts], PathCosts | None]:
+    """The plan's parts of every (cut, codec) it priced, and of the local run (None:
+    an older plan without them), as cost-table entries."""
+    paths, local = {}, None
+    for cut in (plan or {}).get("cuts", []):
+        for label, data in cut.get("parts", {}).items():
+            entry = PathCosts.planned(Parts.from_json(data))
+            if entry.tensors:
+                paths[(str(cut["id"]), str(label))] = entry
+            else:
+                local = entry
+    return paths, local
+
+
 @dataclass(frozen=True)
 class Seen:
     """One path in a snapshot: its request for the cost model and when it was last
@@ -116,6 +131,7 @@ class Snapshot:
     explored_at: float = -math.inf
     explored_after: int = 0
     breaker_closed: bool = True
+    link_down: bool = False  # the circuit breaker lets no call through now
 
 
 @dataclass
@@ -155,7 +171,7 @@ class CostTable:
         with self.lock:
             self.requests += 1
 
-    def snapshot(self, *, breaker_closed: bool = True) -> Snapshot:
+    def snapshot(self, *, breaker_closed: bool = True, link_down: bool = False) -> Snapshot:
         with self.lock:
             now = self.clock()
             return Snapshot(
@@ -166,6 +182,7 @@ class CostTable:
                 explored_at=self.explored_at,
                 explored_after=self.explored_after,
                 breaker_closed=breaker_closed,
+                link_down=link_down,
             )
 
     def claim_trial(self, key: Key, snapshot: Snapshot) -> bool:

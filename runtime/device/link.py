@@ -194,6 +194,13 @@ class CircuitBreaker:
                 return True
             return False
 
+    def blocked(self) -> bool:
+        """Whether ``allow`` would refuse a call now (asking changes nothing)."""
+        with self._lock:
+            if self.state == self.OPEN:
+                return self.clock() - self.opened_at < self.backoff
+            return self.state == self.HALF_OPEN and self.trial_running
+
     def success(self) -> None:
         with self._lock:
             self.state, self.failures, self.trial_running = self.CLOSED, 0, False

@@ -94,7 +94,9 @@ class Policy:
 
     def choose(self, snapshot: Snapshot, link: Link) -> Route | None:
         """Where one request goes: a split, or None to run locally (a trial of a stale
-        path, when one is due)."""
+        path, when one is due). Locally, whatever the costs, while the link is down."""
+        if snapshot.link_down:
+            return None
         options = {
             key: self.predict(snapshot, key, link)
             for key in snapshot.paths
@@ -144,7 +146,7 @@ class Policy:
         (``stream_objective="latency"``: the least latency), or None to run locally
         when that is better or the best split cannot meet the deadline."""
         keys = list(snapshot.paths)
-        if not keys:
+        if not keys or snapshot.link_down:
             return None
         priced = {k: self.price(snapshot.paths[k].parts, link) for k in keys}
         latency = {k: b.total_ms for k, b in priced.items()}
