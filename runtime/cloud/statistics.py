@@ -203,7 +203,10 @@ TRITON_COUNTERS = {
 
 class TritonCollector(Collector):
     """The statistics as Triton's Prometheus metrics, with its names (no ``_total``
-    suffix), labelled ``model="<model>__<cut>"`` and ``version="1"``."""
+    suffix), labelled ``model="<model>__<cut>"`` and ``version="1"``. The cumulative
+    ones are typed ``unknown``: a counter's exposition names its family ``..._total``
+    (OpenMetrics requires the suffix of a counter's samples), which would not be the
+    samples' names, so promtool and the parsers refused the page."""
 
     def __init__(self, statistics: Statistics) -> None:
         self.statistics = statistics
@@ -212,7 +215,7 @@ class TritonCollector(Collector):
         with self.statistics._lock:
             tails = {tail: _copy(s) for tail, s in self.statistics.tails.items()}
         for name, (text, read) in TRITON_COUNTERS.items():
-            metric = Metric(name, text, "counter")
+            metric = Metric(name, text, "unknown")
             for tail, stats in tails.items():
                 labels = {"model": model_name(*tail), "version": VERSION}
                 metric.add_sample(name, labels, float(read(stats)))
