@@ -368,6 +368,7 @@ class KServeServicer:
             hold,
             stream=stream,
             convert=convert,
+            classified=[o.name for o in request.outputs if "classification" in o.parameters],
         )
         response = kpb.ModelInferResponse(
             model_name=request.model_name, model_version=VERSION, id=request.id
@@ -399,9 +400,18 @@ class KServeServicer:
         *,
         stream: bool = False,
         convert: Callable[[_Tail, list[Encoded]], Awaitable[list[Encoded]]] | None = None,
+        classified: Sequence[str] = (),
     ) -> tuple[list[Encoded], float]:
         """One inference request of either KServe protocol (gRPC, REST): the outputs
-        asked for (all by default), in order, and the time the server spent (ms)."""
+        asked for (all by default), in order, and the time the server spent (ms).
+        ``classified``: outputs asked for as classifications (``class_count``), which
+        this server does not implement: refused, never answered with the tensor."""
+        if classified:
+            raise InvalidInputError(
+                f"output {shown(classified[0])} asks for a classification (class_count): "
+                "this server does not implement the classification extension; ask for the "
+                "output tensor and take its top classes"
+            )
         tail = self._tail(name, version)
         call.label(tail.model, tail.cut, Codec.RAW.value)
         wanted = self._outputs(name, asked)

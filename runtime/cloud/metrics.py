@@ -8,7 +8,6 @@ number of series without bound.
 
 from __future__ import annotations
 
-import hmac
 import socket
 import threading
 import time
@@ -20,8 +19,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
+from runtime.cloud.auth import check_bearer
 from runtime.cloud.budget import MemoryBudget
 from runtime.cloud.statistics import Statistics, TritonCollector
+from runtime.errors import UnauthenticatedError
 
 UNKNOWN = "_unknown"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -139,11 +140,15 @@ class _QuietHandler(WSGIRequestHandler):
 
 def _bearer(app: Any, token: str) -> Any:
     """``app`` behind a bearer token (the gRPC services' own)."""
-    expected = b"Bearer " + token.encode()
+    expected = token.encode()
 
     def checked(environ: dict[str, Any], start_response: Any) -> Any:
-        given = str(environ.get("HTTP_AUTHORIZATION", "")).encode()
-        if hmac.compare_digest(given, expected):
+        given = environ.get("HTTP_AUTHORIZATION")
+        try:
+            check_bearer([] if given is None else [given], expected)
+        except UnauthenticatedError:
+            pass
+        else:
             return app(environ, start_response)
         start_response(
             "401 Unauthorized",

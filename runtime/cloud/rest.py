@@ -13,7 +13,6 @@ are ``{"error": "..."}`` with the HTTP status of their gRPC code.
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
 from collections.abc import Awaitable, Callable
@@ -24,11 +23,12 @@ import numpy as np
 from aiohttp import web
 from google.protobuf import json_format
 
+from runtime.cloud.auth import check_bearer
 from runtime.cloud.budget import Hold
 from runtime.cloud.kserve import EXTENSIONS, VERSION, KServeServicer, _version
 from runtime.cloud.service import TailService, status_and_message
 from runtime.codec import Codec, Encoded
-from runtime.errors import InvalidInputError, UnauthenticatedError, shown
+from runtime.errors import InvalidInputError, shown
 from runtime.kserve_types import DATATYPES, DTYPES
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -57,7 +57,7 @@ def create_app(kserve: KServeServicer) -> web.Application:
     """The REST endpoint's application for ``kserve``'s tails."""
     service = kserve.service
     limits = service.host.limits
-    app = web.Application(client_max_size=limits.max_message_bytes)
+    app = web.Application(client_max_size=limits.max_message_bytes, middlewares=[_json_errors])
     rest = _Rest(kserve)
     for path, handler in (
         ("/v2/health/live", rest.live),
@@ -82,6 +82,24 @@ def create_app(kserve: KServeServicer) -> web.Application:
     return app
 
 
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (no such route, method, a body over the limit) as KServe's
+    JSON errors, which tritonclient reads, with their status."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+        kept = {
+            k: v
+            for k, v in exc.headers.items()
+            if k.lower() not in ("content-type", "content-length")
+        }
+        return web.json_response({"error": reason}, status=exc.status, headers=kept)
+
+
 class _Rest:
     def __init__(self, kserve: KServeServicer) -> None:
         self.kserve = kserve
@@ -103,16 +121,8 @@ class _Rest:
 
     def _authorize(self, request: web.Request) -> None:
         token = self.service.token
-        if token is None:
-            return
-        values = request.headers.getall("Authorization", [])
-        if len(values) > 1:
-            raise UnauthenticatedError(
-                f"{len(values)} authorization headers; send exactly one bearer token"
-            )
-        given = values[0].encode() if values else b""
-        if not hmac.compare_digest(given, token):
-            raise UnauthenticatedError("missing or wrong bearer token")
+        if token is not None:
+            check_bearer(request.headers.getall("Authorization", []), token)
 
     async def live(self, request: web.Request) -> web.StreamResponse:
         return web.Response(status=200)
@@ -197,9 +207,13 @@ class _Rest:
         tensors, converted = _inputs(header, binary)
         nbytes = sum(len(t.payload) for t in tensors)
         hold.grow(converted, "the request's JSON tensors")
-        asked = [o.get("name", "") for o in _list(header, "outputs")]
+        requested = _list(header, "outputs")
+        asked = [str(o.get("name", "")) for o in requested]
+        classified = [
+            n for o, n in zip(requested, asked, strict=True) if "classification" in _own(o)
+        ]
         outputs, server_ms = await self.kserve.run(
-            name, version, asked, tensors, _Context(), call, hold
+            name, version, asked, tensors, _Context(), call, hold, classified=classified
         )
         as_binary = _binary_outputs(header)
         size = sum(len(o.payload) for o in outputs)
@@ -237,6 +251,14 @@ def _list(header: dict[str, Any], key: str) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise InvalidInputError(f"{key!r} must be a list of objects")
     return value
+
+
+def _own(item: dict[str, Any]) -> dict[str, Any]:
+    """An input's or an output's ``parameters`` (an object, if any)."""
+    parameters = item.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInputError(f"'parameters' must be an object, not {type(parameters).__name__}")
+    return parameters
 
 
 def _inputs(header: dict[str, Any], binary: memoryview) -> tuple[list[Encoded], int]:
@@ -309,8 +331,7 @@ def _binary_outputs(header: dict[str, Any]) -> dict[str, bool]:
     )
     chosen = {}
     for item in _list(header, "outputs"):
-        own = item.get("parameters") or {}
-        chosen[str(item.get("name", ""))] = bool(own.get("binary_data", default))
+        chosen[str(item.get("name", ""))] = bool(_own(item).get("binary_data", default))
     chosen[""] = default  # for outputs not named
     return chosen
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import math
 import time
@@ -30,6 +29,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
+from runtime.cloud.auth import check_bearer
 from runtime.cloud.batching import Batcher, BatchOptions
 from runtime.cloud.budget import Hold, MemoryBudget, Share
 from runtime.cloud.metrics import Call, Metrics
@@ -39,7 +39,6 @@ from runtime.errors import (
     DeadlineError,
     OverloadedError,
     SplitInferError,
-    UnauthenticatedError,
 )
 from runtime.status import status_of
 
@@ -189,25 +188,15 @@ class TailService:
             (name, cut) for name, served in host.models.items() for cut in served.sessions
         )
         self.metrics.watch_budget(self.budget)
-        self.token = None if token is None else b"Bearer " + token.encode()
+        self.token = None if token is None else token.encode()
         self.cost_ms: dict[tuple[str, str], float] = {}  # recent time per (model, cut)
         self.batchers: dict[tuple[str, str], Batcher | None] = {}
 
     def authorize(self, context: grpc.aio.ServicerContext) -> None:
-        """The bearer token, when the server has one (constant-time comparison). Exactly
-        one ``authorization`` value: with two, a proxy that checks the first and this
-        server would disagree about who is calling."""
-        if self.token is None:
-            return
-        values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
-        if len(values) > 1:
-            raise UnauthenticatedError(
-                f"{len(values)} authorization headers; send exactly one bearer token"
-            )
-        value = values[0] if values else ""
-        given = value.encode() if isinstance(value, str) else bytes(value)
-        if not hmac.compare_digest(given, self.token):
-            raise UnauthenticatedError("missing or wrong bearer token")
+        """The bearer token of a gRPC call, when the server has one."""
+        if self.token is not None:
+            values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+            check_bearer(values, self.token)
 
     def begin(self, context: grpc.aio.ServicerContext, nbytes: int, what: str) -> Hold:
         """A hold for one call, released when the call ends (answered, refused or

@@ -4,6 +4,7 @@ extension on both protocols, and Triton's metric names, on a real server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.request
 
 import numpy as np
@@ -161,3 +162,68 @@ def test_rest_needs_the_token_but_health_does_not(artifacts, serve):
     assert refused.value.status() == "401"
     headers = {"Authorization": "Bearer s3cret"}
     assert client.get_model_metadata("adaptive__cloud", headers=headers)["name"]
+
+
+def test_classification_is_refused_and_unknown_routes_answer_json(server):
+    """class_count (the classification extension, not advertised) is refused on both
+    protocols rather than answered with the whole tensor; a route the server does not
+    have answers a JSON error tritonclient can read; parameters that are no object
+    are a 400."""
+    x = _x(1)
+    rest = triton_http.InferenceServerClient(server.http_target)
+    tensor = triton_http.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    (output,) = rest.get_model_metadata("adaptive__cloud")["outputs"]
+    wanted = triton_http.InferRequestedOutput(output["name"], class_count=3)
+    with pytest.raises(InferenceServerException) as refused:
+        rest.infer("adaptive__cloud", [tensor], outputs=[wanted])
+    assert refused.value.status() == "400" and "class_count" in refused.value.message()
+    grpc_client = triton_grpc.InferenceServerClient(server.target)
+    typed = triton_grpc.InferInput("x", list(x.shape), "FP32")
+    typed.set_data_from_numpy(x)
+    asked = triton_grpc.InferRequestedOutput(output["name"], class_count=3)
+    with pytest.raises(InferenceServerException) as over_grpc:
+        grpc_client.infer("adaptive__cloud", [typed], outputs=[asked])
+    assert over_grpc.value.status() == "StatusCode.INVALID_ARGUMENT"
+    request = urllib.request.Request(f"http://{server.http_target}/v2/nothing/here")
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(request, timeout=10)
+    assert missing.value.code == 404
+    assert missing.value.headers["Content-Type"].startswith("application/json")
+    assert "error" in json.loads(missing.value.read())
+    body = json.dumps(
+        {
+            "inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [0.0]}],
+            "outputs": [{"name": output["name"], "parameters": [1]}],
+        }
+    ).encode()
+    infer = f"http://{server.http_target}/v2/models/adaptive__cloud/infer"
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        urllib.request.urlopen(urllib.request.Request(infer, data=body), timeout=10)
+    assert bad.value.code == 400, bad.value.read()
+    assert rest.is_server_live()
+
+
+def test_the_bearer_scheme_is_case_insensitive_and_bad_bytes_are_401(artifacts, serve):
+    from runtime.cloud.server import Security
+
+    server = serve(TailHost([artifacts]), Security(token="s3cret"), http=True)
+    client = triton_http.InferenceServerClient(server.http_target)
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        headers = {"Authorization": f"{scheme} s3cret"}
+        assert client.get_model_metadata("adaptive__cloud", headers=headers)["name"]
+    with pytest.raises(InferenceServerException) as wrong:
+        client.get_model_metadata("adaptive__cloud", headers={"Authorization": "Basic s3cret"})
+    assert wrong.value.status() == "401"
+    import socket
+
+    with socket.create_connection(("127.0.0.1", int(server.http_target.split(":")[1]))) as raw:
+        raw.sendall(
+            b"GET /v2/models/adaptive__cloud HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n"
+        )
+        answer = b""
+        while chunk := raw.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert client.is_server_live()
