@@ -68,9 +68,13 @@ def test_a_bandwidth_drop_moves_to_a_smaller_cut_and_recovery_moves_back(artifac
         assert first[-1] == ("split", "cloud"), (first, runtime.stats())
         link.set(up_bps=2e6, down_bps=2e6)
         after_drop = _paths(runtime, 6)
+        # it stops sending x within a few requests, for h or a local run: which of the
+        # two, and when, depends on this machine's speed at the moment (the choice
+        # itself is tested with made-up costs in tests/unit/test_policy.py)
         assert after_drop[-1] != ("split", "cloud"), after_drop
         assert after_drop[-1] in (("split", "mid"), ("local", "edge"))
-        assert after_drop.index(after_drop[-1]) <= 4, "it moved within a few requests"
+        moved = next(n for n, p in enumerate(after_drop) if p[1] != "cloud")
+        assert moved <= 4 and ("split", "cloud") not in after_drop[moved:], after_drop
         link.set(up_bps=None, down_bps=None)
         deadline = time.monotonic() + 5  # probes notice within about a second
         while _paths(runtime, 3) != [("split", "cloud")] * 3:
