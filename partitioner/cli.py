@@ -858,6 +858,9 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         for index in range(args.repeat):
             result = runner.infer(feeds)
             _print_result(index, result, args.json)
+        if args.adaptive:
+            for kind, why in runner.stats()["problems"].items():
+                print(f"splitinfer infer: {kind}: {why}", file=sys.stderr)
         if args.adaptive and not args.json:
             print(json.dumps(runner.stats()))
     finally:

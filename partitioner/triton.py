@@ -67,6 +67,7 @@ def export_triton(
             outputs,
             max_batch_size=batching.max_batch if batch_dimension(tail) else 0,
             batching=batching,
+            sha256=manifest.sha256,
         )
         (out / name / "config.pbtxt").write_text(text_format.MessageToString(config))
         names.append(name)

@@ -24,3 +24,8 @@ DTYPES = {v: k for k, v in DATATYPES.items()}
 def model_name(model: str, cut: str) -> str:
     """The KServe (and Triton repository) name of one tail."""
     return f"{model}{SEPARATOR}{cut}"
+
+
+# A tail's model config carries the full model's sha256 under this parameter, so that
+# a device can tell its artifacts from another version's (a retrained model's)
+SHA256_PARAMETER = "splitinfer_model_sha256"

@@ -56,6 +56,28 @@ def parse_duration_ms(text: str) -> float:
     return ms
 
 
+GRPC_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+
+
+def check_target(target: str) -> str:
+    """A gRPC target a client may dial: ``HOST:PORT``, or a name with one of gRPC's own
+    schemes (``dns:///host:port``, ``unix:/path``); ValueError otherwise, saying why
+    (``host`` alone would dial port 443; ``http://`` is not gRPC's)."""
+    text = str(target).strip()
+    if text.startswith(GRPC_SCHEMES):
+        return text
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise ValueError(
+            f"bad target {target!r}: gRPC targets have no {scheme}:// scheme; "
+            "give HOST:PORT, like 127.0.0.1:50051"
+        )
+    _, port = parse_address(text, "target")
+    if port == 0:
+        raise ValueError(f"bad target {target!r}: port 0 is a server's any-port; give its port")
+    return text
+
+
 def parse_address(text: str, what: str = "address") -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port); ValueError for a
     missing or out-of-range port, or no host. A port is always required: gRPC would

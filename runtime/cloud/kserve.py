@@ -51,7 +51,7 @@ from runtime.errors import (
     UnsupportedModelError,
     shown,
 )
-from runtime.kserve_types import DATATYPES, DTYPES, model_name
+from runtime.kserve_types import DATATYPES, DTYPES, SHA256_PARAMETER, model_name
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 PROTOCOL = "kserve"  # the metrics' protocol label
@@ -142,6 +142,7 @@ def triton_config(
     *,
     max_batch_size: int,
     batching: BatchOptions | None = None,
+    sha256: str | None = None,
 ) -> mc.ModelConfig:
     """The Triton model configuration of one ONNX tail: inputs, outputs, dtypes and
     dims. With ``max_batch_size`` (a tail with a dynamic batch dimension: at most that
@@ -166,6 +167,8 @@ def triton_config(
             entry.dims.extend(port.dims[1:] if max_batch_size else port.dims)
     if max_batch_size and batching is not None and batching.enabled:
         config.dynamic_batching.max_queue_delay_microseconds = int(batching.max_delay_ms * 1000)
+    if sha256:  # which model the tail was cut from: a device compares it with its own
+        config.parameters[SHA256_PARAMETER].string_value = sha256
     return config
 
 
@@ -292,6 +295,7 @@ class KServeServicer:
             max_batch_size=self.service.max_batch_size(tail.model, tail.cut),
             # what this server does: an exact one never batches
             batching=None if self.host.exact else self.service.batching,
+            sha256=self.host.models[tail.model].manifest.sha256,
         )
         return normalized(made)
 

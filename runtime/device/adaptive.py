@@ -71,8 +71,11 @@ from runtime.errors import (
     SplitInferError,
 )
 from runtime.power import PowerModel
+from runtime.status import status_of
 
 LOCAL = "\0local"  # the local run's key among the device's works
+# refusals that say the device is set up wrong, not that the server is down
+CONFIGURATION_ERRORS = ("UNAUTHENTICATED", "PERMISSION_DENIED")
 log = logging.getLogger("splitinfer.edge")
 
 __all__ = ["EdgeOptions", "EdgeRuntime"]
@@ -148,6 +151,7 @@ class EdgeRuntime:
         self._last_request = time.monotonic()
         self._inflight = 0  # splits waiting for the server: probes then measure a busy link
         self.unserved: dict[str, str] = {}  # cut: why the runtime stopped using it
+        self.problems: dict[str, str] = {}  # configuration errors, by kind: why
         self._match_server()
         self._warm_up()
         self._pool: ThreadPoolExecutor | None = None
@@ -159,6 +163,7 @@ class EdgeRuntime:
             busy=self._busy,
             last_used=lambda: self._last_request,
             call_ms=self.call.call_ms,
+            on_reconnect=self._reconnected,
             interval_s=options.probe_interval_s,
             stale_s=options.stale_s,
         )
@@ -204,19 +209,51 @@ class EdgeRuntime:
         self.client.close()
 
     def _match_server(self) -> None:
-        """Use only the cuts the server has: a deploy whose server lacks a cut of these
-        artifacts (or has other artifacts) would answer NOT_FOUND for it on every
-        request. A server that cannot be asked now is taken at its word later: a
-        NOT_FOUND answer removes that cut then."""
+        """Use only the cuts the server has, of this model: a deploy whose server lacks
+        a cut of these artifacts (or has other artifacts) would answer NOT_FOUND for it
+        on every request, and one whose tails were cut from another version of the
+        model (retrained: same name, new weights) would answer wrong. A server that
+        cannot be asked now is asked again when it answers (``_reconnected``), and
+        taken at its word meanwhile: a NOT_FOUND answer removes that cut then."""
         try:
             served, max_request = self.client.served_cuts(self.manifest.model, timeout=2.0)
+            known = sorted(set(self.cuts) & served)
+            theirs = (
+                self.client.model_sha256(self.manifest.model, known[0], timeout=2.0)
+                if known
+                else None
+            )
         except SplitInferError as exc:
+            self.failed(exc, breaker=False)
             log.info("could not ask %s which cuts it serves (%s)", self.client.target, exc)
             return
         if max_request:
             self.client.max_request_bytes = max_request
         for cut_id in sorted(set(self.cuts) - served):
             self.drop_cut(cut_id, f"the server at {self.client.target} does not serve it")
+        if theirs is not None and theirs != self.manifest.sha256:
+            why = (
+                f"the server at {self.client.target} holds tails of another version of "
+                f"{self.manifest.model} (sha256 {theirs[:12]}…, these artifacts "
+                f"{self.manifest.sha256[:12]}…): its answers would not be this model's"
+            )
+            self._misconfigured("MODEL_MISMATCH", why)
+            for cut_id in sorted(self.cuts):
+                self.drop_cut(cut_id, why)
+
+    def _reconnected(self) -> None:
+        """The server answers again after it did not: ask it again what it serves (it
+        may be another server now, or one that could not be asked before)."""
+        self._match_server()
+
+    def _misconfigured(self, kind: str, why: str) -> None:
+        """A configuration error (a wrong token, another model's tails): logged once as
+        such, and listed in stats()["problems"]."""
+        with self._lock:
+            if kind in self.problems:
+                return
+            self.problems[kind] = why
+        log.error("configuration error (%s): %s", kind, why)
 
     def drop_cut(self, cut_id: str, why: str) -> None:
         """Stop using a cut (logged once, listed in stats()["unserved"])."""
@@ -567,11 +604,17 @@ class EdgeRuntime:
         self._stats.by_cut[cut] = self._stats.by_cut.get(cut, 0) + 1
 
     def failed(self, exc: SplitInferError, *, breaker: bool = True) -> None:
-        """A split that did not come back: counted by its kind, and unless ``breaker`` is
-        False (or the server was only busy) a failure for the circuit breaker."""
-        kind = getattr(exc, "code", None) or type(exc).__name__
+        """A split that did not come back: counted by its status, and unless ``breaker``
+        is False (or the server was only busy) a failure for the circuit breaker. A
+        refusal of this device (UNAUTHENTICATED, PERMISSION_DENIED) is a configuration
+        error, said once."""
+        kind = exc.code if isinstance(exc, RemoteError) else status_of(exc).name
         with self._lock:
             self._stats.failures[kind] = self._stats.failures.get(kind, 0) + 1
+        if kind in CONFIGURATION_ERRORS:
+            self._misconfigured(
+                kind, f"the server at {self.client.target} refuses this device: {exc.message}"
+            )
         if breaker and not isinstance(exc, OverloadedError):  # busy is there: keep calling
             self.breaker.failure()
 
@@ -676,6 +719,7 @@ class EdgeRuntime:
                 "dropped": self._stats.dropped,
                 "sent_bytes": self._stats.sent_bytes,
                 "unserved": dict(self.unserved),
+                "problems": dict(self.problems),
                 "breaker": self.breaker.snapshot(),
                 "link": {
                     "uplink_bps": estimate.uplink_bps,

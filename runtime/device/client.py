@@ -23,6 +23,7 @@ from runtime.codec import Encoded, decode
 from runtime.errors import NotFoundError, RemoteError
 from runtime.protocol import tensor_from_proto, tensor_to_proto
 from runtime.status import error_for, error_from_rpc
+from runtime.units import check_target
 from runtime.wire import splitinfer_pb2 as pb
 from runtime.wire import splitinfer_pb2_grpc as pb_grpc
 
@@ -65,6 +66,7 @@ class SplitClient:
         tls: ClientTLS | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
+        check_target(target)
         options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -210,6 +212,14 @@ class SplitClient:
         except NotFoundError:
             return set(), 0
         return {c.id for c in info.cuts if c.served}, int(info.max_message_bytes)
+
+    def model_sha256(self, model: str, cut: str, *, timeout: float | None = None) -> str | None:
+        """The sha256 of the model whose tails the server holds (None: it does not say)."""
+        try:
+            (info,) = self.describe(model, timeout=timeout).models
+        except NotFoundError:
+            return None
+        return info.sha256 or None
 
     def describe(self, model: str = "", *, timeout: float | None = None) -> pb.DescribeResponse:
         try:

@@ -21,7 +21,7 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from runtime.codec import Codec, Encoded
 from runtime.device.client import Pending, Reply, SplitClient
 from runtime.errors import CodecError, InvalidInputError, RemoteError
-from runtime.kserve_types import DATATYPES, DTYPES, SEPARATOR, model_name
+from runtime.kserve_types import DATATYPES, DTYPES, SEPARATOR, SHA256_PARAMETER, model_name
 from runtime.status import error_from_rpc
 from runtime.wire import splitinfer_pb2 as pb
 
@@ -79,6 +79,20 @@ class KServeClient(SplitClient):
             for entry in index.models
             if entry.name.startswith(prefix) and entry.state in ("READY", "")
         }, 0
+
+    def model_sha256(self, model: str, cut: str, *, timeout: float | None = None) -> str | None:
+        """The sha256 of the model a tail was cut from, from its config's parameters
+        (None: the server does not say, as a Triton given tails without it)."""
+        try:
+            answer = self.kstub.ModelConfig(
+                kpb.ModelConfigRequest(name=model_name(model, cut)),
+                timeout=timeout,
+                metadata=self.metadata,
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        parameter = answer.config.parameters.get(SHA256_PARAMETER)
+        return parameter.string_value if parameter is not None and parameter.string_value else None
 
     def probe(
         self, send_bytes: int = 0, receive_bytes: int = 0, *, timeout: float | None = None

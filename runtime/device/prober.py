@@ -38,6 +38,7 @@ class Prober:
         busy: Callable[[], tuple[int, int]],
         last_used: Callable[[], float],
         call_ms: float = 0.0,
+        on_reconnect: Callable[[], None] = lambda: None,
         interval_s: float = 0.2,
         stale_s: float = 0.5,
     ) -> None:
@@ -47,6 +48,7 @@ class Prober:
         self.busy = busy
         self.last_used = last_used
         self.call_ms = call_ms
+        self.on_reconnect = on_reconnect
         self.interval_s = interval_s
         self.stale_s = stale_s
         self._closing = threading.Event()
@@ -91,6 +93,8 @@ class Prober:
             return
         trusted = self.breaker.snapshot()["state"] == CircuitBreaker.CLOSED
         self.breaker.success()
+        if not trusted:
+            self.on_reconnect()
         if downlink is None:
             downlink, self._downlink_next = self._downlink_next, not self._downlink_next
         rate_bps = link.link.downlink_rate if downlink else link.uplink_bps

@@ -29,7 +29,7 @@ class _NoCutClient:
         self.calls: list[str] = []
 
     def served_cuts(self, model: str, *, timeout: float | None = None) -> tuple[set[str], int]:
-        raise UnavailableError("Describe is not answered here")
+        raise UnavailableError("Describe is not answered here", "UNAVAILABLE")
 
     def probe(self, send: int = 0, receive: int = 0, *, timeout: float | None = None):
         return 1.0, 0.0
@@ -56,7 +56,7 @@ def test_an_unserved_cut_is_dropped_without_opening_the_breaker(tmp_path):
         stats = runtime.stats()
         assert dropped in runtime.unserved
         assert runtime.breaker.snapshot()["state"] == "closed"
-        assert stats["failures"] == {"NotFoundError": 1}
+        assert stats["failures"] == {"UNAVAILABLE": 1, "NOT_FOUND": 1}  # by status
         second = runtime.infer({"x": x})  # the other cut now, or locally; never the dropped
         assert dropped not in client.calls[1:]
         assert second.path in ("fallback", "local")
