@@ -99,6 +99,10 @@ class OverloadedError(RequestError):
     """The server already has as much work as it takes: retry later."""
 
 
+class TooLargeError(OverloadedError):
+    """A request larger than the server takes in one message (REST: 413)."""
+
+
 class DeadlineError(RequestError):
     """The caller's deadline passed before the work could be done."""
 

@@ -13,6 +13,7 @@ are ``{"error": "..."}`` with the HTTP status of their gRPC code.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable
@@ -28,10 +29,13 @@ from runtime.cloud.budget import Hold
 from runtime.cloud.kserve import EXTENSIONS, VERSION, KServeServicer, _version
 from runtime.cloud.service import TailService, status_and_message
 from runtime.codec import Codec, Encoded
-from runtime.errors import InvalidInputError, shown
+from runtime.errors import InvalidInputError, TooLargeError, shown
 from runtime.kserve_types import DATATYPES, DTYPES
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# what parsing JSON builds, at most, per byte of its text: a list of numbers costs a
+# float object (24 bytes) and a pointer (8) per value of at least two characters
+JSON_EXPANSION = 16
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.UNAUTHENTICATED: 401,
@@ -57,7 +61,7 @@ def create_app(kserve: KServeServicer) -> web.Application:
     """The REST endpoint's application for ``kserve``'s tails."""
     service = kserve.service
     limits = service.host.limits
-    app = web.Application(client_max_size=limits.max_message_bytes, middlewares=[_json_errors])
+    app = web.Application(client_max_size=limits.max_http_body_bytes, middlewares=[_json_errors])
     rest = _Rest(kserve)
     for path, handler in (
         ("/v2/health/live", rest.live),
@@ -184,10 +188,14 @@ class _Rest:
         call = self.service.metrics.call("kserve-rest")
         hold = self.service.budget.hold()
         try:
-            hold.grow(request.content_length or 0, "the request")
-            response = await self._infer(request, name, version, call, hold)
+            body = await self._body(request, hold)
+            response = await self._infer(request, body, name, version, call, hold)
+            del body
             await response.prepare(request)
             await response.write_eof()  # sent before the request's memory is released
+        except ConnectionError:  # the client went away: nothing to answer, no alarm
+            call.done(grpc.StatusCode.CANCELLED.name)
+            return web.Response(status=499)
         except Exception as exc:
             call.done(status_and_message(exc)[0].name)
             return _error(exc)
@@ -196,17 +204,52 @@ class _Rest:
         call.done(grpc.StatusCode.OK.name)
         return response
 
+    async def _body(self, request: web.Request, hold: Hold) -> bytearray:
+        """The request's body as it arrives, each chunk counted in the memory budget
+        before it is kept (an announced length holds nothing yet), refused beyond
+        max_http_body_bytes (413) or after body_timeout_s (408)."""
+        limits = self.service.host.limits
+        limit = limits.max_http_body_bytes
+        announced = request.content_length
+        if announced is not None and announced > limit:
+            raise TooLargeError(_too_large(announced, limit))
+        body = bytearray()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.body_timeout_s
+        while True:
+            left = deadline - loop.time()
+            try:
+                chunk = await asyncio.wait_for(request.content.readany(), max(left, 0.0))
+            except TimeoutError:
+                raise BodyTimeoutError(
+                    f"the request's body did not arrive within {limits.body_timeout_s:g} s"
+                ) from None
+            if not chunk:
+                return body
+            if len(body) + len(chunk) > limit:
+                raise TooLargeError(_too_large(len(body) + len(chunk), limit))
+            hold.grow(len(chunk), "the request")
+            body += chunk
+
     async def _infer(
-        self, request: web.Request, name: str, version: str, call: Any, hold: Hold
+        self,
+        request: web.Request,
+        body: bytearray,
+        name: str,
+        version: str,
+        call: Any,
+        hold: Hold,
     ) -> web.StreamResponse:
-        body = await request.read()
         header_size = request.headers.get(HEADER_LENGTH)
         size = len(body) if header_size is None else _header_size(header_size, len(body))
-        header = await self.service.offload(lambda: _json(bytes(body[:size])), size)
-        binary = memoryview(body)[size:]
-        tensors, converted = _inputs(header, binary)
-        nbytes = sum(len(t.payload) for t in tensors)
+        # parsed and converted off the event loop, inside admission; what the parse
+        # builds (Python objects: up to JSON_EXPANSION times the text) is held meanwhile
+        parsing = JSON_EXPANSION * size
+        hold.grow(parsing, "the request's JSON, parsed")
+        header, tensors, converted = await self.service.offload(lambda: _decoded(body, size), size)
+        hold.shrink(parsing)
         hold.grow(converted, "the request's JSON tensors")
+        nbytes = sum(len(t.payload) for t in tensors)
         requested = _list(header, "outputs")
         asked = [str(o.get("name", "")) for o in requested]
         classified = [
@@ -228,12 +271,32 @@ class _Rest:
         return response
 
 
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"the request's body is {size} bytes or more; this server takes at most {limit} "
+        "(serve --max-http-body)"
+    )
+
+
+class BodyTimeoutError(InvalidInputError):
+    """A body that did not arrive in time (408)."""
+
+
 def _header_size(text: str, total: int) -> int:
-    if not text.isdigit() or int(text) > total:
+    # isdecimal and isdigit take other scripts' digits; 19 digits hold any size here
+    if not (text.isascii() and text.isdigit() and len(text) <= 19) or int(text) > total:
         raise InvalidInputError(
             f"{HEADER_LENGTH} {shown(text)} is not a size within the body of {total} bytes"
         )
     return int(text)
+
+
+def _decoded(body: bytearray, size: int) -> tuple[dict[str, Any], list[Encoded], int]:
+    """The JSON header of ``body`` (its first ``size`` bytes) and the request's tensors
+    (module ``_inputs``): the work a large JSON request costs."""
+    header = _json(bytes(body[:size]))
+    tensors, converted = _inputs(header, memoryview(body)[size:])
+    return header, tensors, converted
 
 
 def _json(data: bytes) -> dict[str, Any]:
@@ -241,6 +304,8 @@ def _json(data: bytes) -> dict[str, Any]:
         value = json.loads(data)
     except ValueError as exc:
         raise InvalidInputError(f"the request is not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInputError("the request's JSON is nested too deeply") from None
     if not isinstance(value, dict):
         raise InvalidInputError("the request's JSON must be an object")
     return value
@@ -304,7 +369,7 @@ def _from_json(name: str, data: Any, dtype: str, shape: list[int]) -> bytes:
         raise InvalidInputError(f"input {shown(name)}: give its values in 'data' or as binary")
     try:
         values = np.asarray(data, dtype=np.float64 if dtype != "bool" else bool)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise InvalidInputError(
             f"input {shown(name)}: 'data' holds values that are not numbers"
         ) from None
@@ -394,7 +459,12 @@ def _proto_json(message: Any) -> web.Response:
 
 def _error(exc: BaseException) -> web.Response:
     code, message = status_and_message(exc)
-    return web.json_response({"error": message}, status=HTTP_STATUS.get(code, 500))
+    status = HTTP_STATUS.get(code, 500)
+    if isinstance(exc, TooLargeError):
+        status = 413
+    elif isinstance(exc, BodyTimeoutError):
+        status = 408
+    return web.json_response({"error": message}, status=status)
 
 
 async def start(kserve: KServeServicer, host: str, port: int) -> tuple[web.AppRunner, int]:

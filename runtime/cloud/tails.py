@@ -51,6 +51,10 @@ class HostLimits:
     """
 
     max_message_bytes: int = 4 * MiB  # received; answers may be up to max_answer_bytes
+    # a REST request's body: read in chunks as it arrives (none holds the event loop),
+    # each counted in the memory budget, within body_timeout_s
+    max_http_body_bytes: int = 256 * MiB
+    body_timeout_s: float = 30.0
     max_answer_bytes: int = 64 * MiB
     max_tensor_bytes: int = 1024 * MiB
     max_memory_bytes: int = 1024 * MiB
