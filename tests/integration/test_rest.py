@@ -227,3 +227,42 @@ def test_the_bearer_scheme_is_case_insensitive_and_bad_bytes_are_401(artifacts, 
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     assert client.is_server_live()
+
+
+def test_rest_bodies_are_bounded_as_they_arrive_and_bad_shapes_are_400s(artifacts, serve):
+    """An announced body holds no memory before it arrives; a body beyond the limit is
+    a 413; JSON nested past the parser's depth, a number too large for any tensor and
+    a header length in other digits are 400s, never 500s."""
+    import socket
+
+    from runtime.cloud.tails import HostLimits
+
+    limits = HostLimits(max_http_body_bytes=1 << 20, body_timeout_s=1.0)
+    server = serve(TailHost([artifacts], limits=limits), http=True)
+    port = int(server.http_target.split(":")[1])
+    infer = "/v2/models/adaptive__cloud/infer"
+    with socket.create_connection(("127.0.0.1", port)) as announced:
+        announced.sendall(
+            f"POST {infer} HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n".encode()
+        )
+        answer = announced.recv(4096)  # nothing more was sent: the body timeout answers
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+
+    def post(body: bytes, headers: dict | None = None) -> int:
+        request = urllib.request.Request(
+            f"http://{server.http_target}{infer}", data=body, headers=headers or {}
+        )
+        try:
+            urllib.request.urlopen(request, timeout=10)
+        except urllib.error.HTTPError as exc:
+            assert exc.headers["Content-Type"].startswith("application/json")
+            return exc.code
+        return 200
+
+    assert post(b"0" * (2 << 20)) == 413
+    assert post(b"[" * 100_000 + b"]" * 100_000) == 400
+    huge = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [10**400]}]}
+    assert post(json.dumps(huge).encode()) == 400
+    assert post(b"{}", {"Inference-Header-Content-Length": "\u00b2"}) == 400
+    client = triton_http.InferenceServerClient(server.http_target)
+    assert client.is_server_live()
