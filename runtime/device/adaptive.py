@@ -164,6 +164,7 @@ class EdgeRuntime:
             last_used=lambda: self._last_request,
             call_ms=self.call.call_ms,
             on_reconnect=self._reconnected,
+            downlink=bool(self.cuts) and self._answers_matter(),
             interval_s=options.probe_interval_s,
             stale_s=options.stale_s,
         )
@@ -175,7 +176,7 @@ class EdgeRuntime:
                 self.client.probe(0, 0, timeout=1.0)
         for _ in range(3 if self.cuts else 0):
             self.prober.probe(rate=True, downlink=False)
-        if self.cuts and self._answers_matter():
+        if self.prober.downlink:
             self.prober.probe(rate=True, downlink=True)
         self.prober.start()
 

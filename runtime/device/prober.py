@@ -39,6 +39,7 @@ class Prober:
         last_used: Callable[[], float],
         call_ms: float = 0.0,
         on_reconnect: Callable[[], None] = lambda: None,
+        downlink: bool = False,
         interval_s: float = 0.2,
         stale_s: float = 0.5,
     ) -> None:
@@ -49,6 +50,9 @@ class Prober:
         self.last_used = last_used
         self.call_ms = call_ms
         self.on_reconnect = on_reconnect
+        # whether answers are large enough to measure the downlink by: a downlink probe
+        # sized by a stale fast estimate would hold a slowed link up for a second
+        self.downlink = downlink
         self.interval_s = interval_s
         self.stale_s = stale_s
         self._closing = threading.Event()
@@ -97,6 +101,7 @@ class Prober:
             self.on_reconnect()
         if downlink is None:
             downlink, self._downlink_next = self._downlink_next, not self._downlink_next
+            downlink = downlink and self.downlink
         rate_bps = link.link.downlink_rate if downlink else link.uplink_bps
         # about 30 ms of the link as estimated (16-256 KiB), when that takes < 0.2 s; after
         # a failure the estimate is not to be trusted: the smallest payload

@@ -387,10 +387,14 @@ def test_a_not_found_cut_is_dropped_and_the_breaker_stays_closed(artifacts, tmp_
                 stats: dict[str, Any] = runtime.stats()
     finally:
         stop(process, signal.SIGKILL)
-    # the request that met NOT_FOUND was answered here, and none went to "mid" after it
-    assert results[dropped_at].path == "fallback" and results[dropped_at].cut == "mid"
+    # "mid" is dropped by the first NOT_FOUND for it (that request answered here), or
+    # before any request meets one, when the server that answers again is asked what it
+    # serves; none went to "mid" after it
+    met = stats["failures"].get("NOT_FOUND", 0)
+    assert met <= 1, stats
+    if met:
+        assert results[dropped_at].path == "fallback" and results[dropped_at].cut == "mid"
     assert "mid" not in {r.cut for r in results[dropped_at + 1 :]}, stats
-    assert stats["failures"].get("NotFoundError", 0) + stats["failures"].get("NOT_FOUND", 0) == 1
     assert stats["breaker"]["state"] == "closed", stats
     for result, f in zip(results, feeds, strict=True):  # lost: none; every answer exact
         (expected,) = run_session(local, f).values()
