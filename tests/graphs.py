@@ -267,10 +267,11 @@ def adaptive_model() -> tuple[onnx.ModelProto, str]:
     return b.model(), h
 
 
-def write_adaptive_artifacts(directory: Path) -> str:
-    """The adaptive model split at "cloud" (sends x) and "mid" (sends h); returns h."""
-    model, h = adaptive_model()
-    graph = ModelGraph.load(model)
+def write_adaptive_artifacts(directory: Path, model: onnx.ModelProto | None = None) -> str:
+    """The adaptive model (or ``model``, a version of it with other weights) split at
+    "cloud" (sends x) and "mid" (sends h); returns h."""
+    default, h = adaptive_model()
+    graph = ModelGraph.load(model or default)
     cuts = [
         cut_from_tensors(graph, ["x"], cut_id="cloud"),
         cut_from_tensors(graph, [h], cut_id="mid"),

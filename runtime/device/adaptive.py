@@ -453,7 +453,7 @@ class EdgeRuntime:
         (sent, kept), head_ms = self.device.run(cut_id, runner.run_head, feeds)
         tensors, encode_ms = self.device.run(f"{cut_id}/{codec}", encode_all, sent, spec)
         remaining = self.options.deadline_ms - (time.perf_counter() - start) * 1000
-        remote_ms = priced.total_ms - priced.edge_ms - priced.edge_cold_ms
+        remote_ms = self.policy.remote_ms(priced)
         local_ms = self.table.local.head_ms
         with self._lock:
             self._stats.calls += 1

@@ -78,7 +78,7 @@ class PathCosts:
         )
 
     @classmethod
-    def planned(cls, parts: Parts, *, at: float = 0.0) -> PathCosts:
+    def planned(cls, parts: Parts) -> PathCosts:
         """An entry from the plan's parts for a path: the server's time is its decoding
         and its tail (what it reports)."""
         return cls(
@@ -91,7 +91,6 @@ class PathCosts:
             tensors=parts.tensors,
             edge_cold_ms=parts.edge_cold_ms,
             cloud_cold_ms=parts.cloud_cold_ms,
-            measured_at=at,
         )
 
 

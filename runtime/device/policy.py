@@ -190,8 +190,8 @@ class Policy:
         key = min(waits, key=lambda k: snapshot.paths[k].last_seen)
         return Route(key, waits[key], trial=True)
 
-    def remote_ms(self, parts: Parts, link: Link) -> float:
-        """What a split through ``parts`` is predicted to take after its head: what a
-        call waits for, at most (the hedge's measure)."""
-        b = self.price(parts, link)
-        return b.total_ms - b.edge_ms - b.edge_cold_ms
+    @staticmethod
+    def remote_ms(priced: Breakdown) -> float:
+        """What a priced split is predicted to take after its head: what a call waits
+        for, at most (the hedge's measure)."""
+        return priced.total_ms - priced.edge_ms - priced.edge_cold_ms

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from partitioner import ModelGraph, cut_from_tensors, write_artifacts
 from runtime.cloud.server import Security
 from runtime.cloud.tails import TailHost
 from runtime.device.adaptive import EdgeOptions, EdgeRuntime
@@ -24,15 +23,10 @@ OPTIONS = EdgeOptions(deadline_ms=2000, slowdown=50.0, exact=True, uplink_bps=1e
 
 def _retrained(directory):
     """The adaptive model with new weights (same name, same cuts): another version."""
-    model, h = adaptive_model()
+    model, _ = adaptive_model()
     first = model.graph.initializer[0]
     first.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(first) * 1.5, first.name))
-    graph = ModelGraph.load(model)
-    cuts = [
-        cut_from_tensors(graph, ["x"], cut_id="cloud"),
-        cut_from_tensors(graph, [h], cut_id="mid"),
-    ]
-    write_artifacts(graph, cuts, directory)
+    write_adaptive_artifacts(directory, model)
     return directory
 
 
