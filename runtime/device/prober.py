@@ -58,6 +58,7 @@ class Prober:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._downlink_next = False  # rate probes measure the uplink and downlink in turn
+        self._gone = False  # a probe found no server (a late split says nothing of that)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -94,10 +95,12 @@ class Prober:
             empty_ms = self._quiet(0, 0, timeout)
         except SplitInferError:
             self.breaker.failure()
+            self._gone = True
             return
         trusted = self.breaker.snapshot()["state"] == CircuitBreaker.CLOSED
         self.breaker.success()
-        if not trusted:
+        if self._gone:  # the server answers again: it may be another one now
+            self._gone = False
             self.on_reconnect()
         if downlink is None:
             downlink, self._downlink_next = self._downlink_next, not self._downlink_next
